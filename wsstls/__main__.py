@@ -1,0 +1,27 @@
+"""Command line: ``python -m wsstls bench`` (also installed as ``wsstls``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="wsstls", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser(
+        "bench",
+        help="run the benchmark (extra arguments: see 'wsstls bench --help')",
+        add_help=False,
+    )
+    args, rest = parser.parse_known_args(argv)
+    if args.command in (None, "bench"):
+        from .ringbench import main as ring_main
+
+        return ring_main(rest)
+    parser.error(f"unknown command {args.command!r}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
