@@ -13,14 +13,18 @@
 #define _GNU_SOURCE
 #include "ring.h"
 
+#include "counter.h"
+
 #include <errno.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdalign.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #define CACHELINE 64
@@ -29,11 +33,11 @@ struct ring {
     /* Written by the producer only; its own cache line so the consumer's
      * stores do not invalidate it. */
     alignas(CACHELINE) atomic_size_t head;
-    _Atomic uint64_t w_copies, w_bytes;
+    counter w_copies, w_bytes;
 
     /* Written by the consumer only. */
     alignas(CACHELINE) atomic_size_t tail;
-    _Atomic uint64_t r_copies, r_bytes;
+    counter r_copies, r_bytes;
 
     /* Set by ring_create, read-only afterwards. */
     alignas(CACHELINE) size_t cap;
@@ -61,14 +65,6 @@ static inline void publish(atomic_size_t *index, size_t value)
     atomic_store_explicit(index, value, memory_order_release);
 }
 
-/* A counter has one writer, so load + store (no locked RMW) is enough; other
- * threads read it relaxed, it orders nothing. */
-static inline void count(_Atomic uint64_t *counter, uint64_t delta)
-{
-    uint64_t now = atomic_load_explicit(counter, memory_order_relaxed);
-    atomic_store_explicit(counter, now + delta, memory_order_relaxed);
-}
-
 /* ------------------------------------------------------------------ life */
 
 size_t ring_max_capacity(void)
@@ -94,10 +90,10 @@ static ring *init(void *mem, size_t hdr, size_t cap, size_t alloc_len, int flags
     ring *r = mem;
     atomic_init(&r->head, 0);
     atomic_init(&r->tail, 0);
-    atomic_init(&r->w_copies, 0);
-    atomic_init(&r->w_bytes, 0);
-    atomic_init(&r->r_copies, 0);
-    atomic_init(&r->r_bytes, 0);
+    counter_zero(&r->w_copies);
+    counter_zero(&r->w_bytes);
+    counter_zero(&r->r_copies);
+    counter_zero(&r->r_bytes);
     r->cap = cap;
     r->mask = cap - 1;
     r->span = (flags & RING_MIRRORED) ? 2 * cap : cap;
@@ -247,13 +243,13 @@ static void copy_in(ring *r, size_t head, const void *src, size_t n)
     size_t off = head & r->mask, room = r->span - off;
     if (n <= room) {
         memcpy(r->data + off, src, n);
-        count(&r->w_copies, 1);
+        counter_add(&r->w_copies, 1);
     } else {
         memcpy(r->data + off, src, room);
         memcpy(r->data, (const unsigned char *)src + room, n - room);
-        count(&r->w_copies, 2);
+        counter_add(&r->w_copies, 2);
     }
-    count(&r->w_bytes, n);
+    counter_add(&r->w_bytes, n);
 }
 
 static void copy_out(ring *r, size_t tail, void *dst, size_t n)
@@ -261,13 +257,13 @@ static void copy_out(ring *r, size_t tail, void *dst, size_t n)
     size_t off = tail & r->mask, room = r->span - off;
     if (n <= room) {
         memcpy(dst, r->data + off, n);
-        count(&r->r_copies, 1);
+        counter_add(&r->r_copies, 1);
     } else {
         memcpy(dst, r->data + off, room);
         memcpy((unsigned char *)dst + room, r->data, n - room);
-        count(&r->r_copies, 2);
+        counter_add(&r->r_copies, 2);
     }
-    count(&r->r_bytes, n);
+    counter_add(&r->r_bytes, n);
 }
 
 size_t ring_write(ring *r, const void *src, size_t n)
@@ -401,6 +397,32 @@ ssize_t ring_read_fd(ring *r, int fd)
     return got;
 }
 
+/* writev without SIGPIPE: a pipe has no MSG_NOSIGNAL, so block the signal
+ * in this thread around the call and take back the one an EPIPE raised
+ * (unless one was already pending, which is not ours to take). */
+static ssize_t writev_nosigpipe(int fd, const struct iovec *iov, int segs)
+{
+    sigset_t pipe_only, pending, saved;
+    sigemptyset(&pipe_only);
+    sigaddset(&pipe_only, SIGPIPE);
+    sigpending(&pending);
+    int was_pending = sigismember(&pending, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_only, &saved);
+    ssize_t put;
+    do
+        put = writev(fd, iov, segs);
+    while (put < 0 && errno == EINTR);
+    int err = errno;
+    if (put < 0 && err == EPIPE && !was_pending) {
+        const struct timespec now = {0, 0};
+        while (sigtimedwait(&pipe_only, NULL, &now) < 0 && errno == EINTR)
+            ;
+    }
+    pthread_sigmask(SIG_SETMASK, &saved, NULL);
+    errno = err;
+    return put;
+}
+
 ssize_t ring_write_fd(ring *r, int fd)
 {
     struct iovec iov[2];
@@ -408,17 +430,14 @@ ssize_t ring_write_fd(ring *r, int fd)
     if (segs == 0)
         return 0;
     /* sendmsg so a vanished peer gives EPIPE, not SIGPIPE; pipes and files
-     * are not sockets and take writev. */
+     * are not sockets and take writev, with SIGPIPE blocked. */
     struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)segs};
     ssize_t put;
     do
         put = sendmsg(fd, &msg, MSG_NOSIGNAL);
     while (put < 0 && errno == EINTR);
-    if (put < 0 && errno == ENOTSOCK) {
-        do
-            put = writev(fd, iov, segs);
-        while (put < 0 && errno == EINTR);
-    }
+    if (put < 0 && errno == ENOTSOCK)
+        put = writev_nosigpipe(fd, iov, segs);
     if (put < 0)
         return errno == EWOULDBLOCK ? -EAGAIN : -errno;
     if (put > 0)
@@ -430,16 +449,14 @@ ssize_t ring_write_fd(ring *r, int fd)
 
 void ring_stats(const ring *r, uint64_t out[2])
 {
-    out[0] = atomic_load_explicit(&r->w_copies, memory_order_relaxed) +
-             atomic_load_explicit(&r->r_copies, memory_order_relaxed);
-    out[1] = atomic_load_explicit(&r->w_bytes, memory_order_relaxed) +
-             atomic_load_explicit(&r->r_bytes, memory_order_relaxed);
+    out[0] = counter_get(&r->w_copies) + counter_get(&r->r_copies);
+    out[1] = counter_get(&r->w_bytes) + counter_get(&r->r_bytes);
 }
 
 void ring_reset_stats(ring *r)
 {
-    atomic_store_explicit(&r->w_copies, 0, memory_order_relaxed);
-    atomic_store_explicit(&r->w_bytes, 0, memory_order_relaxed);
-    atomic_store_explicit(&r->r_copies, 0, memory_order_relaxed);
-    atomic_store_explicit(&r->r_bytes, 0, memory_order_relaxed);
+    counter_zero(&r->w_copies);
+    counter_zero(&r->w_bytes);
+    counter_zero(&r->r_copies);
+    counter_zero(&r->r_bytes);
 }

@@ -4,10 +4,10 @@ Each operation is one cffi call on its hot path.  A cffi call with three
 arguments costs about as much as a whole ``ssl.MemoryBIO`` write+read, so the
 wrapper avoids every other crossing it can:
 
-- ``read``/``peek`` of up to ``STAGE_SIZE`` bytes copy out through a private
-  staging buffer in the same C call and build the result with ``ffi.unpack``
-  (one crossing); larger ones copy once from zero-copy views (two crossings,
-  which is cheaper than a second copy of that many bytes).
+- ``read``/``peek`` of up to ``STAGE_SIZE`` bytes copy out into a private
+  staging buffer in one C call, and slicing an ``ffi.buffer`` over it makes
+  the bytes (one crossing, two small copies); larger ones copy once from
+  zero-copy views (two crossings, cheaper than a second copy of that size).
 - The ring memory is exposed through one ``memoryview`` made at creation;
   views are slices of it, and it keeps the ring alive (it holds the owning
   cdata), so memory stays valid while any exported view exists, even after
@@ -50,8 +50,8 @@ _write = lib.ring_write
 _read = lib.ring_read
 _peek = lib.ring_peek
 _len = lib.ring_len
-_unpack = ffi.unpack
 _from_buffer = ffi.from_buffer
+_CHARS = ffi.typeof("char[]")  # resolved once: a cdecl string costs a parse per call
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +74,7 @@ def _index(value: object, name: str) -> int:
 def _c_buffer(obj: object, name: str, writable: bool) -> Any:
     """``obj``'s memory as a cdata ``char[]`` of its size in bytes (no copy)."""
     try:
-        return _from_buffer("char[]", obj, require_writable=writable)
+        return _from_buffer(_CHARS, obj, writable)  # positional: keywords cost ~100 ns here
     except (TypeError, BufferError) as exc:
         kind = "a writable, C-contiguous" if writable else "a C-contiguous"
         raise TypeError(
@@ -82,15 +82,22 @@ def _c_buffer(obj: object, name: str, writable: bool) -> Any:
         ) from None
 
 
+_FD_MAX = 2**31 - 1  # a C int; negative ones reach the kernel and give EBADF
+
+
 def _fileno(sock_or_fd: object) -> int:
     if isinstance(sock_or_fd, int) and not isinstance(sock_or_fd, bool):
-        return sock_or_fd
-    fileno = getattr(sock_or_fd, "fileno", None)
-    if fileno is None:
-        raise TypeError(
-            f"sock_or_fd must be an int or have fileno(), not {type(sock_or_fd).__name__}"
-        )
-    return _index(fileno(), "sock_or_fd.fileno()")
+        fd = sock_or_fd
+    else:
+        fileno = getattr(sock_or_fd, "fileno", None)
+        if fileno is None:
+            raise TypeError(
+                f"sock_or_fd must be an int or have fileno(), not {type(sock_or_fd).__name__}"
+            )
+        fd = _index(fileno(), "sock_or_fd.fileno()")
+    if not -_FD_MAX - 1 <= fd <= _FD_MAX:
+        raise ValueError(f"sock_or_fd: {fd} is not a file descriptor")
+    return fd
 
 
 def _os_error(neg_errno: int) -> OSError:
@@ -110,7 +117,9 @@ class RingBuffer:
         "_r",
         "_mem",
         "_stage",
-        "_spans",
+        "_staged",
+        "_rspans",
+        "_wspans",
         "_cap",
         "_mirrored",
         "_py_copies",
@@ -144,7 +153,11 @@ class RingBuffer:
         self._cap: int = lib.ring_cap(raw)
         self._mirrored = mirrored
         self._stage = ffi.new("char[]", min(STAGE_SIZE, self._cap))
-        self._spans = ffi.new("size_t[4]")
+        self._staged = ffi.buffer(self._stage)  # slicing it makes bytes: one copy
+        # One span buffer per side: the producer's writable_views must not
+        # overwrite the spans the consumer is turning into views.
+        self._rspans = ffi.new("size_t[4]")
+        self._wspans = ffi.new("size_t[4]")
         self._py_copies = 0
         self._py_bytes = 0
 
@@ -219,19 +232,19 @@ class RingBuffer:
 
     def write(self, data: Buffer) -> int:
         """Copy in as much of ``data`` as fits; return that count (0 when full)."""
+        if type(data) is not bytes:  # cffi passes bytes as they are; others need a view
+            data = _c_buffer(data, "data", writable=False)
         try:
             return _write(self._r, data, len(data))
         except TypeError:
-            pass  # not bytes (or closed): the general path below
-        r = self._check()
-        src = _c_buffer(data, "data", writable=False)
-        return _write(r, src, len(src))
+            self._check()  # closed: ValueError
+            raise
 
     def read(self, n: int | None = -1) -> bytes:
         """Remove and return up to ``n`` bytes (all readable bytes when ``n`` < 0 or None)."""
         try:
             if 0 <= n <= STAGE_SIZE:
-                return _unpack(self._stage, _read(self._r, self._stage, n))
+                return self._staged[: _read(self._r, self._stage, n)]
         except TypeError:
             pass
         return self._take(n, consume=True)
@@ -240,7 +253,7 @@ class RingBuffer:
         """Return up to ``n`` readable bytes (all when ``n`` < 0 or None), keeping them."""
         try:
             if 0 <= n <= STAGE_SIZE:
-                return _unpack(self._stage, _peek(self._r, self._stage, n))
+                return self._staged[: _peek(self._r, self._stage, n)]
         except TypeError:
             pass
         return self._take(n, consume=False)
@@ -249,7 +262,7 @@ class RingBuffer:
         """read/peek from views: one copy, by bytes.join, into the result."""
         r = self._check()
         n = -1 if n is None else _index(n, "n")
-        spans = self._spans
+        spans = self._rspans
         segs = lib.ring_readable_spans(r, min(n, self._cap) if n >= 0 else self._cap, spans)
         mem = self._mem
         assert mem is not None
@@ -268,7 +281,9 @@ class RingBuffer:
 
     def readinto(self, buffer: Buffer) -> int:
         """Move up to ``len(buffer)`` bytes into a writable buffer; return the count."""
-        r = self._check()
+        r = self._r
+        if r is None:
+            self._check()
         dst = _c_buffer(buffer, "buffer", writable=True)
         return _read(r, dst, len(dst))
 
@@ -286,8 +301,8 @@ class RingBuffer:
 
     # -------------------------------------------------------- zero copy
 
-    def _views(self, segs: int) -> list[memoryview]:
-        spans, mem = self._spans, self._mem
+    def _views(self, segs: int, spans: Any) -> list[memoryview]:
+        mem = self._mem
         assert mem is not None
         views = [mem[spans[0] : spans[0] + spans[1]]] if segs else []
         if segs == 2:
@@ -302,11 +317,13 @@ class RingBuffer:
         bytes are consumed.
         """
         r = self._check()
-        return self._views(lib.ring_readable_spans(r, self._cap, self._spans))
+        spans = self._rspans
+        return self._views(lib.ring_readable_spans(r, self._cap, spans), spans)
 
     def writable_views(self) -> list[memoryview]:
         """The free space as 0, 1 or 2 memoryviews, in order; fill them, then ``commit(n)``."""
-        return self._views(lib.ring_writable_spans(self._check(), self._spans))
+        spans = self._wspans
+        return self._views(lib.ring_writable_spans(self._check(), spans), spans)
 
     def commit(self, n: int) -> None:
         """Publish ``n`` bytes written into ``writable_views()``."""
