@@ -1,0 +1,63 @@
+/*
+ * ringbio.h - an OpenSSL BIO over two rings: reads drain an incoming ring
+ * (ciphertext from the peer), writes feed an outgoing ring (ciphertext for
+ * the peer).
+ *
+ * With a socket attached the rings become overflow stores rather than a
+ * mandatory detour (flags below):
+ *   RINGBIO_READ_FD   when the incoming ring is empty, one readv(2) fills
+ *                     OpenSSL's buffer directly and puts whatever else the
+ *                     socket holds into the ring (read at most once per
+ *                     batch once the socket is known drained);
+ *   RINGBIO_WRITE_FD  write-through: records go straight to the socket and
+ *                     only what the kernel refuses is kept in the outgoing
+ *                     ring, in order, for ringbio_flush().
+ * Without them the BIO is sans-IO: the caller moves ciphertext in and out of
+ * the rings (in offload mode the event loop thread does, while a worker runs
+ * the SSL object: each ring then has one producer and one consumer thread).
+ *
+ * The rings are borrowed: they must outlive the BIO.
+ */
+#ifndef WSSTLS_RINGBIO_H
+#define WSSTLS_RINGBIO_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <openssl/bio.h>
+
+#include "ring.h"
+
+enum ringbio_flags {
+    RINGBIO_READ_FD = 1,
+    RINGBIO_WRITE_FD = 2,
+};
+
+/* Kernel traffic and where ciphertext went, for the copy ledger. */
+struct ringbio_counters {
+    uint64_t rx_syscalls;  /* readv calls, including those that found nothing */
+    uint64_t rx_bytes;     /* bytes the kernel copied in */
+    uint64_t rx_direct;    /* ... of which straight into OpenSSL's buffer */
+    uint64_t tx_syscalls;  /* sendmsg/writev calls */
+    uint64_t tx_bytes;     /* bytes the kernel took */
+    uint64_t tx_direct;    /* ... of which straight from OpenSSL's buffer */
+    uint64_t eagain;       /* calls that would have blocked */
+};
+
+/* NULL on allocation failure (OpenSSL error queue set). */
+BIO *ringbio_new(ring *rx, ring *tx, int fd, int flags);
+
+/* Loop-thread side of a sans-IO BIO with a socket: readv into rx (one call),
+ * and send what tx holds.  Same returns as ring_read_fd/ring_write_fd; an
+ * EOF is remembered and reported to OpenSSL once rx is drained. */
+ssize_t ringbio_fill(BIO *b);
+ssize_t ringbio_flush(BIO *b);
+
+void ringbio_set_eof(BIO *b);       /* the peer will send no more */
+int ringbio_eof(BIO *b);            /* EOF seen and rx empty */
+void ringbio_new_batch(BIO *b);     /* the socket may have data again */
+int ringbio_last_errno(BIO *b);     /* errno of the last failed socket call */
+void ringbio_counters(BIO *b, struct ringbio_counters *out);
+void ringbio_reset_counters(BIO *b);
+
+#endif

@@ -1,0 +1,154 @@
+/*
+ * tls.h - TLS contexts and connections over four selectable transports, with
+ * compound calls so that one crossing from Python does "receive + decrypt"
+ * or "encrypt + send".
+ *
+ * Transports (how ciphertext reaches the SSL object):
+ *   TLS_RING  our ring BIO (ringbio.h): with a socket, direct readv/send and
+ *             the rings as overflow; without one, sans-IO through the rings;
+ *   TLS_MEM   two BIO_s_mem, as Python's ssl.MemoryBIO/SSLObject does;
+ *   TLS_PAIR  BIO_new_bio_pair, the seed report's design;
+ *   TLS_FD    SSL_set_fd: OpenSSL reads and writes the socket itself.
+ * MEM and PAIR with a socket pump through a scratch buffer (recv, BIO_write;
+ * BIO_read, send), as an event loop around them does.
+ *
+ * Status codes: calls that move data return a byte count >= 0, or one of
+ * enum tls_status (< 0).  WANT_* are not errors: retry when the socket is
+ * ready (or, sans-IO, after feeding/taking ciphertext).  After TLS_ERROR the
+ * connection is dead; tls_conn_error() says why.
+ */
+#ifndef WSSTLS_TLS_H
+#define WSSTLS_TLS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <openssl/ssl.h>
+
+#include "ring.h"
+
+enum tls_transport {
+    TLS_RING = 0,
+    TLS_MEM = 1,
+    TLS_PAIR = 2,
+    TLS_FD = 3,
+};
+
+enum tls_status {
+    TLS_WANT_READ = -1,
+    TLS_WANT_WRITE = -2,
+    TLS_CLOSED = -3, /* the peer sent close_notify */
+    TLS_EOF = -4,    /* the transport ended without close_notify */
+    TLS_ERROR = -5,  /* protocol, verification or socket error */
+};
+
+enum tls_conn_flags {
+    TLS_READ_AHEAD = 1,     /* let OpenSSL read more than one record at once */
+    TLS_RING_VIA_RING = 2,  /* TLS_RING with a socket: no direct I/O, every byte
+                               through the rings (for measuring the difference) */
+    TLS_MIRRORED_RINGS = 4, /* ciphertext rings in mirrored mode */
+};
+
+/* ------------------------------------------------------------- contexts */
+
+/* A context with TLS 1.2 minimum, no compression, no renegotiation,
+ * partial writes and moving write buffers allowed. NULL on failure. */
+SSL_CTX *tls_ctx_new(int server);
+void tls_ctx_free(SSL_CTX *ctx);
+/* Certificate chain (leaf first) and private key, PEM in memory or files. */
+int tls_ctx_use_pem(SSL_CTX *ctx, const char *chain, size_t chain_len, const char *key,
+                    size_t key_len);
+int tls_ctx_use_files(SSL_CTX *ctx, const char *chain_file, const char *key_file);
+/* verify: 0 none, 1 verify the peer (client: the server; server: require a
+ * client certificate).  Trust: cafile and/or ca_pem, or the system's default
+ * paths when both are NULL. */
+int tls_ctx_set_verify(SSL_CTX *ctx, int verify, const char *cafile, const char *ca_pem,
+                       size_t ca_len);
+int tls_ctx_set_versions(SSL_CTX *ctx, int min_version, int max_version);
+/* ALPN in wire format (length-prefixed names): offered by a client, the
+ * server's preference list for selection on a server. */
+int tls_ctx_set_alpn(SSL_CTX *ctx, const unsigned char *wire, size_t len);
+int tls_ctx_set_ciphers(SSL_CTX *ctx, const char *tls12, const char *tls13);
+int tls_ctx_set_num_tickets(SSL_CTX *ctx, size_t n);
+
+/* An RSA self-signed certificate for `name` (DNS and, when it parses as
+ * one, IP subject alternative names), made with OpenSSL's own API.  The
+ * PEM strings are NUL-terminated; free them with tls_free. */
+int tls_self_signed(const char *name, int bits, int days, char **cert_pem, size_t *cert_len,
+                    char **key_pem, size_t *key_len);
+void tls_free(void *p);
+
+/* The thread's OpenSSL error queue as one message (cleared); 0 if empty. */
+size_t tls_last_error(char *buf, size_t len);
+
+/* ----------------------------------------------------------- connections */
+
+typedef struct tls_conn tls_conn;
+
+/* fd < 0: sans-IO (not with TLS_FD).  ring_capacity: each ciphertext ring
+ * (TLS_RING) or the pair buffer (TLS_PAIR).  hostname: client SNI and
+ * certificate name check (DNS name or IP address), may be NULL.
+ * NULL on failure (tls_last_error says why). */
+tls_conn *tls_conn_new(SSL_CTX *ctx, int transport, int fd, size_t ring_capacity, int flags,
+                       const char *hostname);
+void tls_conn_free(tls_conn *c);
+
+/* 0 when the handshake is complete, else a status. */
+int tls_handshake(tls_conn *c);
+/* Decrypt into buf: bytes, or a status when none were available. */
+long tls_read(tls_conn *c, void *buf, size_t n);
+/* Decrypt everything available into a plaintext ring (SSL_read straight
+ * into its free space): bytes added, or a status when none were. */
+long tls_read_ring(tls_conn *c, ring *plain);
+/* Encrypt n bytes (and send them, with a socket): bytes accepted, which
+ * may be fewer under backpressure, or a status when none were. */
+long tls_write(tls_conn *c, const void *buf, size_t n);
+/* Send queued ciphertext: bytes sent (0 if nothing queued) or a status. */
+long tls_flush(tls_conn *c);
+/* Send close_notify: 1 when the peer's was received too, 0 when not
+ * (yet), or a status. */
+int tls_shutdown(tls_conn *c);
+
+/* Sans-IO: ciphertext from the peer in, ciphertext for the peer out. */
+size_t tls_feed(tls_conn *c, const void *data, size_t n);
+void tls_feed_eof(tls_conn *c);
+size_t tls_take(tls_conn *c, void *buf, size_t n);
+/* Ciphertext waiting to be sent (sans-IO: to be taken). */
+size_t tls_pending_out(tls_conn *c);
+/* Decrypted bytes buffered inside OpenSSL (SSL_pending), or records it holds
+ * that a read would process without the socket (SSL_has_pending). */
+int tls_has_pending(tls_conn *c);
+
+/* After a status: the error message (TLS_ERROR), the socket's errno. */
+const char *tls_conn_error(const tls_conn *c);
+int tls_conn_errno(const tls_conn *c);
+
+/* Negotiated parameters, NULL before the handshake ends (static strings). */
+const char *tls_version(const tls_conn *c);
+const char *tls_cipher(const tls_conn *c);
+/* The selected ALPN protocol into buf (not terminated): its length, 0 none. */
+size_t tls_alpn(const tls_conn *c, char *buf, size_t n);
+/* The peer's certificate as DER (free with tls_free): length, 0 if none. */
+size_t tls_peer_cert(const tls_conn *c, unsigned char **der);
+int tls_session_reused(const tls_conn *c);
+
+/* ------------------------------------------------------------ the ledger */
+
+/* What moved through the connection, as counted by wsstls itself: system
+ * calls and kernel bytes, copies into and out of its rings, and the copies
+ * its MEM/PAIR pumps ask of OpenSSL's BIOs.  OpenSSL's own copies inside
+ * SSL_read/SSL_write are measured separately (wsstls.memcount). */
+struct tls_ledger {
+    uint64_t rx_syscalls, rx_bytes, rx_direct;
+    uint64_t tx_syscalls, tx_bytes, tx_direct;
+    uint64_t eagain;
+    uint64_t ring_copies, ring_bytes;  /* ciphertext rings (TLS_RING) */
+    uint64_t bio_copies, bio_bytes;    /* BIO_write/BIO_read by the MEM/PAIR pumps */
+    uint64_t plain_in, plain_out;      /* plaintext bytes decrypted / encrypted */
+    uint64_t reads, writes;            /* SSL_read / SSL_write calls that moved data */
+};
+
+void tls_get_ledger(tls_conn *c, struct tls_ledger *out);
+void tls_reset_ledger(tls_conn *c);
+
+#endif

@@ -1,0 +1,584 @@
+"""TLS contexts and sans-IO connections over the C core (csrc/tls.c, csrc/ringbio.c).
+
+A ``TLSConnection`` runs over one of four transports, selectable for
+side-by-side measurement:
+
+``ring``  wsstls's ring BIO.  With a socket it reads with one readv straight
+          into OpenSSL's buffer and writes records straight to the socket;
+          its rings keep only what the kernel refuses or what arrives beyond
+          OpenSSL's buffer.  Without a socket it is sans-IO: ``feed`` and
+          ``take`` move ciphertext through its rings.
+``mem``   two OpenSSL memory BIOs, the design of ``ssl.MemoryBIO`` /
+          ``SSLObject`` (and of asyncio's SSL transport).
+``pair``  ``BIO_new_bio_pair``, the design of the seed report.
+``fd``    ``SSL_set_fd``: OpenSSL reads and writes the socket itself.
+
+Hot-path calls are compound (one crossing into C): ``read_into`` receives and
+decrypts into a ``RingBuffer``, ``write`` encrypts and sends.  Wanting to read
+or write is a return value, not an exception: ``None`` from reads, ``0``
+from ``write``, ``False`` from ``do_handshake``.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from ._native import ffi, lib
+from .ring import Buffer, RingBuffer, _c_buffer, _fileno, _index
+
+__all__ = [
+    "SelfSigned",
+    "TLSConnection",
+    "TLSContext",
+    "TLSEOFError",
+    "TLSError",
+    "TLSLedger",
+    "TLSVersion",
+    "Transport",
+    "self_signed",
+]
+
+
+class TLSError(Exception):
+    """A TLS failure: protocol error, failed verification, or socket error.
+
+    The message carries OpenSSL's reason strings (and the certificate
+    verification result when that failed)."""
+
+
+class TLSEOFError(TLSError):
+    """The transport ended without the peer's close_notify (a truncation)."""
+
+
+class TLSVersion(enum.IntEnum):
+    TLSv1_2 = lib.TLS1_2_VERSION
+    TLSv1_3 = lib.TLS1_3_VERSION
+
+
+class Transport(str, enum.Enum):
+    """How ciphertext reaches the SSL object (see the module docstring)."""
+
+    RING = "ring"
+    MEM = "mem"
+    PAIR = "pair"
+    FD = "fd"
+
+
+_TRANSPORT_CODE = {
+    Transport.RING: lib.TLS_RING,
+    Transport.MEM: lib.TLS_MEM,
+    Transport.PAIR: lib.TLS_PAIR,
+    Transport.FD: lib.TLS_FD,
+}
+
+_read_ring = lib.tls_read_ring
+_write = lib.tls_write
+_WANT_READ = lib.TLS_WANT_READ
+_WANT_WRITE = lib.TLS_WANT_WRITE
+_CLOSED = lib.TLS_CLOSED
+_EOF = lib.TLS_EOF
+
+
+def _last_error(default: str) -> str:
+    buf = ffi.new("char[]", 512)
+    n = lib.tls_last_error(buf, len(buf))
+    return ffi.string(buf, n).decode("utf-8", "replace") if n else default
+
+
+def _pem(value: bytes | str, name: str) -> bytes:
+    if isinstance(value, str):
+        return value.encode("ascii")
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    raise TypeError(f"{name} must be PEM bytes or str, not {type(value).__name__}")
+
+
+def _path(value: str | os.PathLike[str], name: str) -> bytes:
+    try:
+        return os.fsencode(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a path, not {type(value).__name__}") from None
+
+
+# ------------------------------------------------------------------ contexts
+
+
+@dataclass(frozen=True)
+class SelfSigned:
+    """A certificate and its private key, PEM-encoded."""
+
+    cert_pem: bytes
+    key_pem: bytes
+
+
+def self_signed(name: str = "localhost", bits: int = 2048, days: int = 30) -> SelfSigned:
+    """Make an RSA self-signed certificate for ``name`` in memory (OpenSSL's API).
+
+    The subject alternative name is ``IP:name`` when ``name`` is an address,
+    else ``DNS:name``.  Raises TLSError if OpenSSL fails.
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError("name must be a non-empty str")
+    if _index(bits, "bits") < 1024:
+        raise ValueError(f"bits must be at least 1024, got {bits}")
+    if _index(days, "days") < 1:
+        raise ValueError(f"days must be at least 1, got {days}")
+    cert, cert_len = ffi.new("char **"), ffi.new("size_t *")
+    key, key_len = ffi.new("char **"), ffi.new("size_t *")
+    if not lib.tls_self_signed(name.encode(), bits, days, cert, cert_len, key, key_len):
+        raise TLSError(_last_error("cannot make a self-signed certificate"))
+    try:
+        return SelfSigned(ffi.buffer(cert[0], cert_len[0])[:], ffi.buffer(key[0], key_len[0])[:])
+    finally:
+        lib.tls_free(cert[0])
+        lib.tls_free(key[0])
+
+
+def _alpn_wire(protocols: Sequence[str]) -> bytes:
+    wire = bytearray()
+    for p in protocols:
+        b = p.encode("ascii") if isinstance(p, str) else bytes(p)
+        if not 0 < len(b) < 256:
+            raise ValueError(f"ALPN protocol names must be 1-255 bytes, got {p!r}")
+        wire += bytes([len(b)]) + b
+    return bytes(wire)
+
+
+class TLSContext:
+    """Settings shared by connections: role, certificate, trust, versions, ALPN.
+
+    ``verify`` defaults to True for a client (the server's certificate and
+    name are checked against ``cafile``/``cadata``, or the system's CA
+    paths) and to False for a server (no client certificate asked for).
+    Raises TLSError with OpenSSL's reason for a bad certificate or key.
+    """
+
+    def __init__(
+        self,
+        server: bool,
+        *,
+        certfile: str | os.PathLike[str] | None = None,
+        keyfile: str | os.PathLike[str] | None = None,
+        cert_pem: bytes | str | None = None,
+        key_pem: bytes | str | None = None,
+        verify: bool | None = None,
+        cafile: str | os.PathLike[str] | None = None,
+        cadata: bytes | str | None = None,
+        alpn: Sequence[str] = (),
+        min_version: TLSVersion = TLSVersion.TLSv1_2,
+        max_version: TLSVersion = TLSVersion.TLSv1_3,
+        ciphers: str | None = None,
+        ciphersuites: str | None = None,
+        num_tickets: int | None = None,
+    ) -> None:
+        if not isinstance(server, bool):
+            raise TypeError(f"server must be a bool, not {type(server).__name__}")
+        raw = lib.tls_ctx_new(server)
+        if raw == ffi.NULL:
+            raise TLSError(_last_error("SSL_CTX_new failed"))
+        self._ctx = ffi.gc(raw, lib.tls_ctx_free)
+        self.server = server
+        self.certificate_pem: bytes | None = None
+        if (certfile is None) != (keyfile is None) or (cert_pem is None) != (key_pem is None):
+            raise ValueError("a certificate needs its key: give both certfile and keyfile, "
+                             "or both cert_pem and key_pem")  # fmt: skip
+        if certfile is not None and cert_pem is not None:
+            raise ValueError("give the certificate as files or as PEM, not both")
+        if certfile is not None and keyfile is not None:
+            if not lib.tls_ctx_use_files(
+                raw, _path(certfile, "certfile"), _path(keyfile, "keyfile")
+            ):
+                raise TLSError(_last_error("cannot load the certificate and key files"))
+            with open(certfile, "rb") as f:
+                self.certificate_pem = f.read()
+        elif cert_pem is not None and key_pem is not None:
+            chain, key = _pem(cert_pem, "cert_pem"), _pem(key_pem, "key_pem")
+            if not lib.tls_ctx_use_pem(raw, chain, len(chain), key, len(key)):
+                raise TLSError(_last_error("cannot use the certificate and key"))
+            self.certificate_pem = chain
+        if verify is None:
+            verify = not server
+        ca = None if cadata is None else _pem(cadata, "cadata")
+        ca_file = ffi.NULL if cafile is None else _path(cafile, "cafile")
+        if not lib.tls_ctx_set_verify(raw, bool(verify), ca_file, ca or ffi.NULL, len(ca or b"")):
+            raise TLSError(_last_error("cannot load the trusted certificates"))
+        self.verify = bool(verify)
+        if not lib.tls_ctx_set_versions(raw, TLSVersion(min_version), TLSVersion(max_version)):
+            raise TLSError(_last_error(f"cannot set versions {min_version}-{max_version}"))
+        if alpn:
+            wire = _alpn_wire(alpn)
+            if not lib.tls_ctx_set_alpn(raw, wire, len(wire)):
+                raise TLSError(_last_error("cannot set ALPN"))
+        if ciphers is not None or ciphersuites is not None:
+            c12 = ffi.NULL if ciphers is None else ciphers.encode()
+            c13 = ffi.NULL if ciphersuites is None else ciphersuites.encode()
+            if not lib.tls_ctx_set_ciphers(raw, c12, c13):
+                raise TLSError(_last_error("no usable cipher in the lists given"))
+        if num_tickets is not None:
+            lib.tls_ctx_set_num_tickets(raw, _index(num_tickets, "num_tickets"))
+
+    @classmethod
+    def server_self_signed(cls, name: str = "localhost", **kwargs: Any) -> TLSContext:
+        """A server context with a fresh in-memory RSA 2048 certificate for ``name``.
+
+        Its PEM is ``certificate_pem``: give it to clients as ``cadata``.
+        """
+        pair = self_signed(name)
+        return cls(True, cert_pem=pair.cert_pem, key_pem=pair.key_pem, **kwargs)
+
+    def connection(
+        self,
+        sock: socket.socket | int | None = None,
+        *,
+        transport: Transport | str = Transport.RING,
+        server_hostname: str | None = None,
+        ring_capacity: int = 65536,
+        read_ahead: bool | None = None,
+        via_ring: bool = False,
+        mirrored: bool = False,
+    ) -> TLSConnection:
+        """A connection; see TLSConnection."""
+        return TLSConnection(
+            self,
+            sock,
+            transport=transport,
+            server_hostname=server_hostname,
+            ring_capacity=ring_capacity,
+            read_ahead=read_ahead,
+            via_ring=via_ring,
+            mirrored=mirrored,
+        )
+
+
+# --------------------------------------------------------------- connections
+
+
+@dataclass(frozen=True)
+class TLSLedger:
+    """What one connection moved, as counted by wsstls (see csrc/tls.h)."""
+
+    rx_syscalls: int
+    rx_bytes: int
+    rx_direct: int
+    tx_syscalls: int
+    tx_bytes: int
+    tx_direct: int
+    eagain: int
+    ring_copies: int
+    ring_bytes: int
+    bio_copies: int
+    bio_bytes: int
+    plain_in: int
+    plain_out: int
+    reads: int
+    writes: int
+
+
+_LEDGER_FIELDS = [f.name for f in fields(TLSLedger)]
+
+
+class TLSConnection:
+    """One TLS session, sans-IO or driving a non-blocking socket.
+
+    With ``sock`` (a socket or fd; the caller keeps owning it) the compound
+    calls do the socket I/O.  Without it, move ciphertext with ``feed``,
+    ``feed_eof`` and ``take`` (``ring``, ``mem`` and ``pair`` only).
+
+    ``read_ahead`` (default: on for ``ring``, off otherwise, as in CPython)
+    lets OpenSSL read several records per call.  ``via_ring`` makes the
+    ``ring`` transport pass every byte through its rings instead of the socket
+    going straight to OpenSSL's buffers (to measure the difference).
+    """
+
+    def __init__(
+        self,
+        context: TLSContext,
+        sock: socket.socket | int | None = None,
+        *,
+        transport: Transport | str = Transport.RING,
+        server_hostname: str | None = None,
+        ring_capacity: int = 65536,
+        read_ahead: bool | None = None,
+        via_ring: bool = False,
+        mirrored: bool = False,
+    ) -> None:
+        if not isinstance(context, TLSContext):
+            raise TypeError(f"context must be a TLSContext, not {type(context).__name__}")
+        try:
+            self.transport = Transport(transport)
+        except ValueError:
+            raise ValueError(
+                f"transport must be one of {[t.value for t in Transport]}, got {transport!r}"
+            ) from None
+        fd = -1 if sock is None else _fileno(sock)
+        if self.transport is Transport.FD and fd < 0:
+            raise ValueError("the fd transport needs a socket")
+        ring_capacity = _index(ring_capacity, "ring_capacity")
+        if not 1 <= ring_capacity <= 1 << 30:
+            raise ValueError(f"ring_capacity must be 1 .. 2**30, got {ring_capacity}")
+        if server_hostname is not None:
+            if context.server:
+                raise ValueError("server_hostname is for client connections")
+            if not isinstance(server_hostname, str) or not server_hostname:
+                raise TypeError("server_hostname must be a non-empty str")
+        elif context.verify and not context.server:
+            raise ValueError("a verifying client needs server_hostname (or verify=False)")
+        if read_ahead is None:
+            read_ahead = self.transport is Transport.RING
+        flags = (
+            (lib.TLS_READ_AHEAD if read_ahead else 0)
+            | (lib.TLS_RING_VIA_RING if via_ring else 0)
+            | (lib.TLS_MIRRORED_RINGS if mirrored else 0)
+        )
+        host = ffi.NULL if server_hostname is None else _host_bytes(server_hostname)
+        raw = lib.tls_conn_new(
+            context._ctx, _TRANSPORT_CODE[self.transport], fd, ring_capacity, flags, host
+        )
+        if raw == ffi.NULL:
+            raise TLSError(_last_error("cannot create the connection"))
+        self._c = ffi.gc(raw, lib.tls_conn_free)
+        self.context = context
+        self._sock = sock  # keeps a socket object (and so its fd) alive
+        self.server_hostname = server_hostname
+        self._handshaken = False
+
+    # ------------------------------------------------------------ errors
+
+    def _raise(self, status: int) -> None:
+        message = ffi.string(lib.tls_conn_error(self._c)).decode("utf-8", "replace")
+        if status == _EOF:
+            raise TLSEOFError(message or "the transport ended without close_notify")
+        raise TLSError(message or f"TLS error (status {status})")
+
+    def _live(self) -> Any:
+        if self._c is None:
+            raise ValueError("operation on a closed TLSConnection")
+        return self._c
+
+    # --------------------------------------------------------- handshake
+
+    def do_handshake(self) -> bool:
+        """Advance the handshake: True when complete, False when it must wait for I/O.
+
+        Raises TLSError (with OpenSSL's reason, e.g. a verification failure)
+        or TLSEOFError.
+        """
+        status = lib.tls_handshake(self._live())
+        if status == 0:
+            self._handshaken = True
+            return True
+        if status in (_WANT_READ, _WANT_WRITE):
+            return False
+        self._raise(status)
+        raise AssertionError("unreachable")
+
+    @property
+    def handshake_done(self) -> bool:
+        """True once do_handshake() returned True."""
+        return self._handshaken
+
+    # ------------------------------------------------------------- reads
+
+    def read_into(self, ring: RingBuffer) -> int | None:
+        """Receive and decrypt everything available into ``ring`` (one C call).
+
+        Returns the plaintext bytes added; None when there were none and the
+        connection must wait to read; 0 when the peer sent close_notify (or
+        ``ring`` is full).  Raises TLSEOFError on a truncated stream and
+        TLSError on any other failure.
+        """
+        try:
+            got = _read_ring(self._c, ring._r)
+        except TypeError:
+            self._live()
+            if ring._r is None:
+                raise ValueError("read_into: the ring is closed") from None
+            raise TypeError(f"ring must be a RingBuffer, not {type(ring).__name__}") from None
+        if got >= 0:
+            return got
+        if got == _WANT_READ or got == _WANT_WRITE:
+            return None
+        if got == _CLOSED:
+            return 0
+        self._raise(got)
+        raise AssertionError("unreachable")
+
+    def readinto(self, buffer: Buffer) -> int | None:
+        """Decrypt into a writable buffer: bytes, None (want read), 0 (close_notify)."""
+        dst = _c_buffer(buffer, "buffer", writable=True)
+        got = lib.tls_read(self._live(), dst, len(dst))
+        if got >= 0:
+            return got
+        if got == _WANT_READ or got == _WANT_WRITE:
+            return None
+        if got == _CLOSED:
+            return 0
+        self._raise(got)
+        raise AssertionError("unreachable")
+
+    def read(self, n: int = 16384) -> bytes | None:
+        """Decrypt up to ``n`` bytes: bytes, None (want read), b"" (close_notify)."""
+        n = _index(n, "n")
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
+        buf = bytearray(n)
+        got = self.readinto(buf)
+        return None if got is None else bytes(memoryview(buf)[:got])
+
+    # ------------------------------------------------------------ writes
+
+    def write(self, data: Buffer) -> int:
+        """Encrypt (and, with a socket, send) ``data``: the bytes accepted.
+
+        Fewer than ``len(data)`` - possibly 0 - under backpressure: call again
+        with the rest when ``flush()`` has made room (for the ``fd`` transport,
+        retry with the same bytes).  Raises TLSError on failure.
+        """
+        if type(data) is not bytes:
+            data = _c_buffer(data, "data", writable=False)
+        try:
+            put = _write(self._c, data, len(data))
+        except TypeError:
+            self._live()
+            raise
+        if put >= 0:
+            return put
+        if put == _WANT_WRITE or put == _WANT_READ:
+            return 0
+        self._raise(put)
+        raise AssertionError("unreachable")
+
+    def flush(self) -> int:
+        """Send queued ciphertext: bytes sent (0: nothing sent, see ``pending_out``)."""
+        sent = lib.tls_flush(self._live())
+        if sent >= 0:
+            return sent
+        if sent == _WANT_WRITE:
+            return 0
+        self._raise(sent)
+        raise AssertionError("unreachable")
+
+    @property
+    def pending_out(self) -> int:
+        """Ciphertext queued for the peer (with a socket: wait for writable, then flush)."""
+        return lib.tls_pending_out(self._live())
+
+    @property
+    def has_pending(self) -> bool:
+        """True when OpenSSL holds data that a read will return without the socket."""
+        return bool(lib.tls_has_pending(self._live()))
+
+    def shutdown(self) -> bool:
+        """Send close_notify; True when the peer's close_notify was received as well."""
+        status = lib.tls_shutdown(self._live())
+        if status >= 0:
+            return status == 1
+        if status in (_WANT_READ, _WANT_WRITE):
+            return False
+        self._raise(status)
+        raise AssertionError("unreachable")
+
+    # ----------------------------------------------------------- sans-IO
+
+    def feed(self, data: Buffer) -> int:
+        """Give ciphertext received from the peer; returns how much was taken."""
+        src = data if type(data) is bytes else _c_buffer(data, "data", writable=False)
+        return lib.tls_feed(self._live(), src, len(src))
+
+    def feed_eof(self) -> None:
+        """Tell the connection the peer's stream has ended."""
+        lib.tls_feed_eof(self._live())
+
+    def take(self, n: int = -1) -> bytes:
+        """Remove and return up to ``n`` bytes (all when n < 0) of ciphertext for the peer."""
+        c = self._live()
+        n = _index(n, "n")
+        if n < 0:
+            n = lib.tls_pending_out(c)
+        if n == 0:
+            return b""
+        buf = ffi.new("char[]", n)
+        return ffi.buffer(buf, lib.tls_take(c, buf, n))[:]
+
+    # -------------------------------------------------------------- info
+
+    @property
+    def version(self) -> str | None:
+        """The negotiated protocol version ("TLSv1.3"), None before the handshake."""
+        v = lib.tls_version(self._live())
+        return None if v == ffi.NULL else ffi.string(v).decode()
+
+    @property
+    def cipher(self) -> str | None:
+        """The negotiated cipher suite, None before the handshake."""
+        v = lib.tls_cipher(self._live())
+        return None if v == ffi.NULL else ffi.string(v).decode()
+
+    @property
+    def alpn_protocol(self) -> str | None:
+        """The ALPN protocol both sides chose, or None."""
+        buf = ffi.new("char[]", 255)
+        n = lib.tls_alpn(self._live(), buf, 255)
+        return ffi.buffer(buf, n)[:].decode("ascii", "replace") if n else None
+
+    @property
+    def peer_certificate(self) -> bytes | None:
+        """The peer's certificate (DER), or None."""
+        der = ffi.new("unsigned char **")
+        n = lib.tls_peer_cert(self._live(), der)
+        if n == 0:
+            return None
+        try:
+            return ffi.buffer(der[0], n)[:]
+        finally:
+            lib.tls_free(der[0])
+
+    @property
+    def session_reused(self) -> bool:
+        return bool(lib.tls_session_reused(self._live()))
+
+    @property
+    def errno(self) -> int:
+        """errno of the last socket failure (0 if none)."""
+        return lib.tls_conn_errno(self._live())
+
+    def ledger(self) -> TLSLedger:
+        """System calls, kernel bytes and copies this connection made so far."""
+        out = ffi.new("struct tls_ledger *")
+        lib.tls_get_ledger(self._live(), out)
+        return TLSLedger(*(getattr(out, f) for f in _LEDGER_FIELDS))
+
+    def reset_ledger(self) -> None:
+        lib.tls_reset_ledger(self._live())
+
+    # ---------------------------------------------------------- lifetime
+
+    def close(self) -> None:
+        """Free the SSL object now (does not send close_notify or close the socket)."""
+        self._c = None
+        self._sock = None
+
+    def __enter__(self) -> TLSConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self._c is None:
+            return "<TLSConnection closed>"
+        side = "server" if self.context.server else "client"
+        return f"<TLSConnection {side} {self.transport.value} {self.version or 'handshaking'}>"
+
+
+def _host_bytes(name: str) -> bytes:
+    try:
+        return str(ipaddress.ip_address(name)).encode()
+    except ValueError:
+        return name.encode("idna")
