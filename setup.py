@@ -1,5 +1,19 @@
-"""Build glue: the C core is compiled by cffi (API mode) into wsstls._native."""
+"""Build glue: the C core is compiled by cffi (API mode) into wsstls._native.
 
-from setuptools import setup
+wsstls._memcount is not a Python module: it is the copy-counting shim that
+the copy ledger preloads (LD_PRELOAD) into a measuring process, so it must
+not depend on Python.  It is built here only so that it ships with the wheel.
+"""
 
-setup(cffi_modules=["wsstls/_build.py:ffibuilder"])
+from setuptools import Extension, setup
+
+memcount = Extension(
+    "wsstls._memcount",
+    sources=["csrc/memcount.c"],
+    # -fno-builtin: this file defines memcpy & co.; no fortify wrappers either.
+    extra_compile_args=["-std=c11", "-Wall", "-Wextra", "-Werror", "-fno-builtin",
+                        "-U_FORTIFY_SOURCE"],  # fmt: skip
+    libraries=["dl"],
+)
+
+setup(cffi_modules=["wsstls/_build.py:ffibuilder"], ext_modules=[memcount])

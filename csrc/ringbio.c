@@ -286,6 +286,14 @@ void ringbio_new_batch(BIO *b)
     s->drained = 0;
 }
 
+int ringbio_idle(BIO *b)
+{
+    struct ringbio *s = BIO_get_data(b);
+    if (!ring_empty(s->rx))
+        return 0;
+    return !(s->flags & RINGBIO_READ_FD) || s->drained;
+}
+
 int ringbio_last_errno(BIO *b)
 {
     struct ringbio *s = BIO_get_data(b);

@@ -56,6 +56,10 @@ ssize_t ringbio_flush(BIO *b);
 void ringbio_set_eof(BIO *b);       /* the peer will send no more */
 int ringbio_eof(BIO *b);            /* EOF seen and rx empty */
 void ringbio_new_batch(BIO *b);     /* the socket may have data again */
+/* 1 when a read could only find nothing: rx is empty and (with a socket)
+ * the socket was found drained in this batch.  Lets a caller skip a futile
+ * SSL_read. */
+int ringbio_idle(BIO *b);
 int ringbio_last_errno(BIO *b);     /* errno of the last failed socket call */
 void ringbio_counters(BIO *b, struct ringbio_counters *out);
 void ringbio_reset_counters(BIO *b);

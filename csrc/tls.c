@@ -348,13 +348,26 @@ struct tls_conn {
     counter bio_copies, bio_bytes, plain_in, plain_out, reads, writes;
 };
 
+/* SSL_get_error needs the thread's error queue empty before each SSL I/O
+ * call.  Clearing it walks every slot (3k instructions per 64 B round trip,
+ * measured): our calls drain it on every failure, so it is almost always
+ * empty already and a peek settles it. */
+static inline void clear_errors(void)
+{
+    if (ERR_peek_error() != 0)
+        ERR_clear_error();
+}
+
 static int fail(tls_conn *c, int status, const char *what)
 {
+    /* The first failure explains the connection's end; later ones follow
+     * from it (say, sending the alert to a peer that has gone). */
+    int first = c->read_status == 0 || c->read_status == TLS_CLOSED;
     if (status == TLS_ERROR)
         c->dead = 1;
-    if (status == TLS_ERROR || status == TLS_CLOSED || status == TLS_EOF)
+    if (first && (status == TLS_ERROR || status == TLS_CLOSED || status == TLS_EOF))
         c->read_status = status;
-    if (what != NULL)
+    if (what != NULL && first)
         snprintf(c->error, sizeof c->error, "%s", what);
     return status;
 }
@@ -480,6 +493,15 @@ void tls_conn_free(tls_conn *c)
  * moved, 0 nothing to do, or a status. */
 static long pump_in(tls_conn *c)
 {
+    if (c->transport == TLS_RING) { /* the BIO does no socket I/O: fill its ring */
+        ssize_t got = ringbio_fill(c->ringbio);
+        if (got > 0)
+            return got;
+        if (got == 0 || got == -EAGAIN || got == -ENOBUFS)
+            return 0; /* an EOF is now the BIO's to report */
+        c->sys_errno = (int)-got;
+        return fail(c, TLS_ERROR, strerror(c->sys_errno));
+    }
     size_t room = SCRATCH_SIZE;
     if (c->transport == TLS_PAIR)
         room = min_sz(room, BIO_ctrl_get_write_guarantee(c->net_in));
@@ -521,8 +543,26 @@ static size_t net_pending(tls_conn *c)
 /* MEM/PAIR with a socket: send what the SSL object wrote.  What send()
  * refuses waits in tx (so only take from the BIO what tx could absorb).
  * Returns bytes sent, or a status (WANT_WRITE when tx is still not empty). */
+static long ring_out(tls_conn *c)
+{
+    long sent = 0;
+    while (!ring_empty(c->tx)) {
+        ssize_t put = ringbio_flush(c->ringbio);
+        if (put == -EAGAIN)
+            return sent ? sent : TLS_WANT_WRITE;
+        if (put < 0) {
+            c->sys_errno = (int)-put;
+            return fail(c, TLS_ERROR, strerror(c->sys_errno));
+        }
+        sent += put;
+    }
+    return sent;
+}
+
 static long pump_out(tls_conn *c)
 {
+    if (c->transport == TLS_RING)
+        return ring_out(c);
     long sent = 0;
     if (!ring_empty(c->tx)) {
         ssize_t put = ring_write_fd(c->tx, c->fd);
@@ -568,9 +608,15 @@ static long pump_out(tls_conn *c)
     return sent;
 }
 
+/* With a socket, whether the compound calls move ciphertext between it and
+ * the SSL object's BIO (MEM, PAIR, and RING without direct I/O), rather
+ * than the BIO doing the socket I/O itself. */
 static int pumped(const tls_conn *c)
 {
-    return (c->transport == TLS_MEM || c->transport == TLS_PAIR) && c->fd >= 0;
+    if (c->fd < 0)
+        return 0;
+    return c->transport == TLS_MEM || c->transport == TLS_PAIR ||
+           (c->transport == TLS_RING && (c->flags & TLS_RING_VIA_RING));
 }
 
 static void new_batch(tls_conn *c)
@@ -628,28 +674,18 @@ long tls_flush(tls_conn *c)
         return TLS_ERROR;
     if (c->fd < 0 || c->transport == TLS_FD)
         return 0;
-    if (pumped(c))
-        return pump_out(c);
-    long sent = 0;
-    while (!ring_empty(c->tx)) {
-        ssize_t put = ringbio_flush(c->ringbio);
-        if (put == -EAGAIN)
-            return sent ? sent : TLS_WANT_WRITE;
-        if (put < 0) {
-            c->sys_errno = (int)-put;
-            return fail(c, TLS_ERROR, strerror(c->sys_errno));
-        }
-        sent += put;
-    }
-    return sent;
+    return pump_out(c);
 }
 
-/* After an SSL call that may have produced records: send them. */
+/* After an SSL call that may have produced records: send them, even after a
+ * fatal error (tls_flush refuses then): the alert OpenSSL queued is for the
+ * peer, which would otherwise wait for a handshake message forever. */
 static int flush_out(tls_conn *c)
 {
-    if (c->fd >= 0 && tls_pending_out(c) > 0) {
-        long r = tls_flush(c);
-        if (r == TLS_ERROR)
+    if (c->fd >= 0 && c->transport != TLS_FD && tls_pending_out(c) > 0) {
+        int ended = c->read_status == TLS_EOF || c->read_status == TLS_ERROR;
+        long r = pump_out(c);
+        if (r == TLS_ERROR && !ended) /* else best effort: the reason is known */
             return TLS_ERROR;
     }
     return 0;
@@ -661,7 +697,7 @@ int tls_handshake(tls_conn *c)
         return TLS_ERROR;
     new_batch(c);
     for (;;) {
-        ERR_clear_error();
+        clear_errors();
         int r = SSL_do_handshake(c->ssl);
         int status = r == 1 ? 0 : ssl_status(c, r);
         if (flush_out(c) == TLS_ERROR)
@@ -679,7 +715,7 @@ long tls_read(tls_conn *c, void *buf, size_t n)
     new_batch(c);
     for (;;) {
         size_t got;
-        ERR_clear_error();
+        clear_errors();
         if (SSL_read_ex(c->ssl, buf, n, &got)) {
             counter_add(&c->plain_in, got);
             counter_add(&c->reads, 1);
@@ -707,12 +743,17 @@ long tls_read_ring(tls_conn *c, ring *plain)
         void *p = ring_reserve(plain, &room);
         if (room == 0)
             break;
-        ERR_clear_error();
+        clear_errors();
         if (SSL_read_ex(c->ssl, p, room, &got)) { /* decrypted record -> ring */
             ring_commit(plain, got);
             total += (long)got;
             counter_add(&c->plain_in, got);
             counter_add(&c->reads, 1);
+            /* Nothing buffered anywhere: another SSL_read would only find
+             * that out (a call and an error-queue round trip per message). */
+            if (c->transport == TLS_RING && !(c->flags & TLS_RING_VIA_RING) &&
+                ringbio_idle(c->ringbio) && !SSL_has_pending(c->ssl))
+                break;
             continue;
         }
         status = ssl_status(c, 0);
@@ -733,7 +774,7 @@ long tls_write(tls_conn *c, const void *buf, size_t n)
     int status = 0;
     while (total < n) {
         size_t put;
-        ERR_clear_error();
+        clear_errors();
         if (SSL_write_ex(c->ssl, (const char *)buf + total, n - total, &put)) {
             total += put;
             counter_add(&c->plain_out, put);
@@ -746,7 +787,7 @@ long tls_write(tls_conn *c, const void *buf, size_t n)
             continue;
         break;
     }
-    if (pumped(c) && net_pending(c) > 0) {
+    if (pumped(c) && tls_pending_out(c) > 0) {
         long r = pump_out(c);
         if (r == TLS_ERROR && total == 0)
             return TLS_ERROR;
@@ -754,17 +795,43 @@ long tls_write(tls_conn *c, const void *buf, size_t n)
     return total > 0 ? (long)total : status;
 }
 
+long tls_write_ring(tls_conn *c, ring *plain, size_t n)
+{
+    struct iovec iov[2];
+    int segs = ring_read_iov(plain, iov);
+    long total = 0;
+    for (int i = 0; i < segs && n > 0; i++) {
+        size_t len = min_sz(iov[i].iov_len, n);
+        long put = tls_write(c, iov[i].iov_base, len);
+        if (put < 0)
+            return total > 0 ? total : put;
+        ring_consume(plain, (size_t)put); /* cannot fail: put <= readable */
+        total += put;
+        n -= (size_t)put;
+        if ((size_t)put < len)
+            break; /* backpressure */
+    }
+    return total;
+}
+
 int tls_shutdown(tls_conn *c)
 {
     /* Not after a fatal error (OpenSSL forbids it), an unexpected EOF is one. */
     if (c->dead || c->read_status == TLS_EOF)
-        return c->dead ? TLS_ERROR : TLS_EOF;
-    ERR_clear_error();
-    int r = SSL_shutdown(c->ssl);
-    int status = r >= 0 ? r : ssl_status(c, r);
-    if (flush_out(c) == TLS_ERROR)
-        return TLS_ERROR;
-    return status;
+        return c->read_status == TLS_EOF ? TLS_EOF : TLS_ERROR;
+    /* The second call reads the peer's close_notify: from the socket (a new
+     * batch for the ring BIO), or through the pump. */
+    new_batch(c);
+    for (;;) {
+        clear_errors();
+        int r = SSL_shutdown(c->ssl);
+        int status = r >= 0 ? r : ssl_status(c, r);
+        if (flush_out(c) == TLS_ERROR)
+            return TLS_ERROR;
+        if (status == TLS_WANT_READ && pumped(c) && pump_in(c) > 0)
+            continue;
+        return status;
+    }
 }
 
 /* --------------------------------------------------------------- sans-IO */
@@ -813,6 +880,8 @@ void tls_feed_eof(tls_conn *c)
 
 size_t tls_take(tls_conn *c, void *buf, size_t n)
 {
+    if (c->tx == NULL) /* TLS_FD: OpenSSL sends its records itself */
+        return 0;
     size_t got = ring_read(c->tx, buf, n); /* RING; MEM/PAIR: send() leftovers */
     if (got == n || c->net_out == NULL)
         return got;

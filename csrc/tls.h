@@ -103,6 +103,9 @@ long tls_read_ring(tls_conn *c, ring *plain);
 /* Encrypt n bytes (and send them, with a socket): bytes accepted, which
  * may be fewer under backpressure, or a status when none were. */
 long tls_write(tls_conn *c, const void *buf, size_t n);
+/* Encrypt (and send) up to n readable bytes of a ring straight from its
+ * memory, and consume what was accepted: bytes, or a status when none. */
+long tls_write_ring(tls_conn *c, ring *plain, size_t n);
 /* Send queued ciphertext: bytes sent (0 if nothing queued) or a status. */
 long tls_flush(tls_conn *c);
 /* Send close_notify: 1 when the peer's was received too, 0 when not

@@ -79,6 +79,7 @@ _TRANSPORT_CODE = {
 
 _read_ring = lib.tls_read_ring
 _write = lib.tls_write
+_write_ring = lib.tls_write_ring
 _WANT_READ = lib.TLS_WANT_READ
 _WANT_WRITE = lib.TLS_WANT_WRITE
 _CLOSED = lib.TLS_CLOSED
@@ -97,6 +98,23 @@ def _pem(value: bytes | str, name: str) -> bytes:
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)
     raise TypeError(f"{name} must be PEM bytes or str, not {type(value).__name__}")
+
+
+def _str(value: object, name: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+    return value
+
+
+def _version(value: object, name: str) -> TLSVersion:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a TLSVersion, not {type(value).__name__}")
+    try:
+        return TLSVersion(value)
+    except ValueError:
+        raise ValueError(
+            f"{name} must be one of {[v.name for v in TLSVersion]}, got {value!r}"
+        ) from None
 
 
 def _path(value: str | os.PathLike[str], name: str) -> bytes:
@@ -141,9 +159,13 @@ def self_signed(name: str = "localhost", bits: int = 2048, days: int = 30) -> Se
 
 
 def _alpn_wire(protocols: Sequence[str]) -> bytes:
+    if isinstance(protocols, str | bytes | bytearray):
+        raise TypeError(f"alpn must be a sequence of names, not one {type(protocols).__name__}")
     wire = bytearray()
     for p in protocols:
-        b = p.encode("ascii") if isinstance(p, str) else bytes(p)
+        if not isinstance(p, str | bytes):
+            raise TypeError(f"alpn names must be str or bytes, not {type(p).__name__}")
+        b = p.encode("ascii") if isinstance(p, str) else p
         if not 0 < len(b) < 256:
             raise ValueError(f"ALPN protocol names must be 1-255 bytes, got {p!r}")
         wire += bytes([len(b)]) + b
@@ -204,24 +226,34 @@ class TLSContext:
             self.certificate_pem = chain
         if verify is None:
             verify = not server
+        elif not isinstance(verify, bool):
+            raise TypeError(f"verify must be a bool or None, not {type(verify).__name__}")
         ca = None if cadata is None else _pem(cadata, "cadata")
         ca_file = ffi.NULL if cafile is None else _path(cafile, "cafile")
         if not lib.tls_ctx_set_verify(raw, bool(verify), ca_file, ca or ffi.NULL, len(ca or b"")):
             raise TLSError(_last_error("cannot load the trusted certificates"))
         self.verify = bool(verify)
-        if not lib.tls_ctx_set_versions(raw, TLSVersion(min_version), TLSVersion(max_version)):
+        min_version = _version(min_version, "min_version")
+        max_version = _version(max_version, "max_version")
+        if min_version > max_version:
+            raise ValueError(
+                f"min_version {min_version.name} is above max_version {max_version.name}"
+            )
+        if not lib.tls_ctx_set_versions(raw, min_version, max_version):
             raise TLSError(_last_error(f"cannot set versions {min_version}-{max_version}"))
         if alpn:
             wire = _alpn_wire(alpn)
             if not lib.tls_ctx_set_alpn(raw, wire, len(wire)):
                 raise TLSError(_last_error("cannot set ALPN"))
         if ciphers is not None or ciphersuites is not None:
-            c12 = ffi.NULL if ciphers is None else ciphers.encode()
-            c13 = ffi.NULL if ciphersuites is None else ciphersuites.encode()
+            c12 = ffi.NULL if ciphers is None else _str(ciphers, "ciphers").encode()
+            c13 = ffi.NULL if ciphersuites is None else _str(ciphersuites, "ciphersuites").encode()
             if not lib.tls_ctx_set_ciphers(raw, c12, c13):
                 raise TLSError(_last_error("no usable cipher in the lists given"))
         if num_tickets is not None:
-            lib.tls_ctx_set_num_tickets(raw, _index(num_tickets, "num_tickets"))
+            if _index(num_tickets, "num_tickets") < 0:
+                raise ValueError(f"num_tickets must be at least 0, got {num_tickets}")
+            lib.tls_ctx_set_num_tickets(raw, num_tickets)
 
     @classmethod
     def server_self_signed(cls, name: str = "localhost", **kwargs: Any) -> TLSContext:
@@ -316,7 +348,12 @@ class TLSConnection:
             raise ValueError(
                 f"transport must be one of {[t.value for t in Transport]}, got {transport!r}"
             ) from None
-        fd = -1 if sock is None else _fileno(sock)
+        try:
+            fd = -1 if sock is None else _fileno(sock)
+        except TypeError:
+            raise TypeError(
+                f"sock must be a socket, an fd or None, not {type(sock).__name__}"
+            ) from None
         if self.transport is Transport.FD and fd < 0:
             raise ValueError("the fd transport needs a socket")
         ring_capacity = _index(ring_capacity, "ring_capacity")
@@ -395,11 +432,13 @@ class TLSConnection:
         """
         try:
             got = _read_ring(self._c, ring._r)
-        except TypeError:
+        except (TypeError, AttributeError):
             self._live()
+            if not isinstance(ring, RingBuffer):
+                raise TypeError(f"ring must be a RingBuffer, not {type(ring).__name__}") from None
             if ring._r is None:
                 raise ValueError("read_into: the ring is closed") from None
-            raise TypeError(f"ring must be a RingBuffer, not {type(ring).__name__}") from None
+            raise
         if got >= 0:
             return got
         if got == _WANT_READ or got == _WANT_WRITE:
@@ -454,6 +493,29 @@ class TLSConnection:
         self._raise(put)
         raise AssertionError("unreachable")
 
+    def write_from(self, ring: RingBuffer, n: int = -1) -> int:
+        """Encrypt (and send) up to ``n`` readable bytes of ``ring`` (all when n < 0)
+        straight from its memory, and consume what was accepted; returns that count.
+
+        One C call and no copy in Python: the echo path of a server.  Fewer
+        bytes - possibly 0 - under backpressure; raises TLSError on failure.
+        """
+        try:
+            put = _write_ring(self._c, ring._r, ring._cap if n < 0 else n)
+        except TypeError:
+            self._live()
+            if not isinstance(ring, RingBuffer):
+                raise TypeError(f"ring must be a RingBuffer, not {type(ring).__name__}") from None
+            if ring._r is None:
+                raise ValueError("write_from: the ring is closed") from None
+            raise TypeError(f"n must be an int, not {type(n).__name__}") from None
+        if put >= 0:
+            return put
+        if put == _WANT_WRITE or put == _WANT_READ:
+            return 0
+        self._raise(put)
+        raise AssertionError("unreachable")
+
     def flush(self) -> int:
         """Send queued ciphertext: bytes sent (0: nothing sent, see ``pending_out``)."""
         sent = lib.tls_flush(self._live())
@@ -486,21 +548,28 @@ class TLSConnection:
 
     # ----------------------------------------------------------- sans-IO
 
+    def _sans_io(self) -> Any:
+        c = self._live()
+        if self.transport is Transport.FD:
+            raise ValueError("the fd transport has no sans-IO: OpenSSL uses the socket itself")
+        return c
+
     def feed(self, data: Buffer) -> int:
         """Give ciphertext received from the peer; returns how much was taken."""
         src = data if type(data) is bytes else _c_buffer(data, "data", writable=False)
-        return lib.tls_feed(self._live(), src, len(src))
+        return lib.tls_feed(self._sans_io(), src, len(src))
 
     def feed_eof(self) -> None:
         """Tell the connection the peer's stream has ended."""
-        lib.tls_feed_eof(self._live())
+        lib.tls_feed_eof(self._sans_io())
 
     def take(self, n: int = -1) -> bytes:
         """Remove and return up to ``n`` bytes (all when n < 0) of ciphertext for the peer."""
-        c = self._live()
+        c = self._sans_io()
         n = _index(n, "n")
-        if n < 0:
-            n = lib.tls_pending_out(c)
+        pending = lib.tls_pending_out(c)
+        if n < 0 or n > pending:
+            n = pending
         if n == 0:
             return b""
         buf = ffi.new("char[]", n)
