@@ -340,6 +340,7 @@ struct tls_conn {
     unsigned char *scratch;
     int read_status; /* sticky once the read side ended: CLOSED, EOF, ERROR */
     int dead;        /* TLS_ERROR seen: every call fails */
+    int pumped_eof;  /* the pump read the end of the socket's stream */
     int sys_errno;
     char error[512];
     /* FD: kernel traffic seen through the socket BIO's callback; MEM/PAIR:
@@ -429,7 +430,8 @@ tls_conn *tls_conn_new(SSL_CTX *ctx, int transport, int fd, size_t ring_capacity
     case TLS_RING: {
         if ((c->rx = ring_create(ring_capacity, ring_flags)) == NULL)
             goto fail;
-        int bio_flags = (flags & TLS_RING_VIA_RING) ? 0 : RINGBIO_READ_FD | RINGBIO_WRITE_FD;
+        int via_ring = flags & (TLS_RING_VIA_RING | TLS_CALLER_IO);
+        int bio_flags = via_ring ? 0 : RINGBIO_READ_FD | RINGBIO_WRITE_FD;
         if ((c->ringbio = ringbio_new(c->rx, c->tx, fd, bio_flags)) == NULL)
             goto fail;
         SSL_set_bio(c->ssl, c->ringbio, c->ringbio); /* one reference, taken */
@@ -489,6 +491,17 @@ void tls_conn_free(tls_conn *c)
 
 /* ------------------------------------------------------------ the pumps */
 
+/* The pump found the socket's EOF and handed it to the BIO: 1 the first
+ * time, so that the caller's retry reports it now rather than at a next call
+ * that no socket event may ever prompt; 0 after that. */
+static long eof_in(tls_conn *c)
+{
+    if (c->pumped_eof)
+        return 0;
+    c->pumped_eof = 1;
+    return 1;
+}
+
 /* MEM/PAIR with a socket: one recv into the network-side BIO.  > 0 bytes
  * moved, 0 nothing to do, or a status. */
 static long pump_in(tls_conn *c)
@@ -497,8 +510,10 @@ static long pump_in(tls_conn *c)
         ssize_t got = ringbio_fill(c->ringbio);
         if (got > 0)
             return got;
-        if (got == 0 || got == -EAGAIN || got == -ENOBUFS)
-            return 0; /* an EOF is now the BIO's to report */
+        if (got == 0)
+            return eof_in(c); /* the BIO reports it once rx is drained */
+        if (got == -EAGAIN || got == -ENOBUFS)
+            return 0;
         c->sys_errno = (int)-got;
         return fail(c, TLS_ERROR, strerror(c->sys_errno));
     }
@@ -525,7 +540,7 @@ static long pump_in(tls_conn *c)
             BIO_set_mem_eof_return(c->net_in, 0);
         else
             BIO_shutdown_wr(c->net_in);
-        return 0;
+        return eof_in(c);
     }
     counter_add(&c->rx_bytes, (uint64_t)got);
     if (BIO_write(c->net_in, c->scratch, (int)got) != got)
@@ -613,7 +628,7 @@ static long pump_out(tls_conn *c)
  * than the BIO doing the socket I/O itself. */
 static int pumped(const tls_conn *c)
 {
-    if (c->fd < 0)
+    if (c->fd < 0 || (c->flags & TLS_CALLER_IO))
         return 0;
     return c->transport == TLS_MEM || c->transport == TLS_PAIR ||
            (c->transport == TLS_RING && (c->flags & TLS_RING_VIA_RING));
@@ -682,7 +697,8 @@ long tls_flush(tls_conn *c)
  * peer, which would otherwise wait for a handshake message forever. */
 static int flush_out(tls_conn *c)
 {
-    if (c->fd >= 0 && c->transport != TLS_FD && tls_pending_out(c) > 0) {
+    if (c->fd >= 0 && c->transport != TLS_FD && !(c->flags & TLS_CALLER_IO) &&
+        tls_pending_out(c) > 0) {
         int ended = c->read_status == TLS_EOF || c->read_status == TLS_ERROR;
         long r = pump_out(c);
         if (r == TLS_ERROR && !ended) /* else best effort: the reason is known */
@@ -795,6 +811,26 @@ long tls_write(tls_conn *c, const void *buf, size_t n)
     return total > 0 ? (long)total : status;
 }
 
+long tls_fill(tls_conn *c)
+{
+    if (c->transport != TLS_RING || c->fd < 0)
+        return 0;
+    ssize_t got = ringbio_fill(c->ringbio);
+    if (got > 0)
+        return got;
+    if (got == -ENOBUFS)
+        return 0;
+    if (got == -EAGAIN)
+        return TLS_WANT_READ;
+    if (got == 0)
+        return TLS_EOF; /* the BIO reports it to OpenSSL once rx is drained */
+    /* The errno is kept by the BIO (atomically): a worker may be writing
+     * this connection's own error fields right now. */
+    return TLS_ERROR;
+}
+
+size_t tls_pending_in(tls_conn *c) { return c->rx ? ring_len(c->rx) : 0; }
+
 long tls_write_ring(tls_conn *c, ring *plain, size_t n)
 {
     struct iovec iov[2];
@@ -899,12 +935,27 @@ size_t tls_pending_out(tls_conn *c)
     return (c->tx ? ring_len(c->tx) : 0) + net_pending(c);
 }
 
-int tls_has_pending(tls_conn *c) { return SSL_pending(c->ssl) > 0 || SSL_has_pending(c->ssl); }
+int tls_has_pending(tls_conn *c)
+{
+    if (SSL_pending(c->ssl) > 0 || SSL_has_pending(c->ssl))
+        return 1;
+    if (c->transport == TLS_RING)
+        return !ring_empty(c->rx);
+    if (c->transport == TLS_MEM || c->transport == TLS_PAIR)
+        return BIO_ctrl_pending(c->net_in) > 0 || (c->transport == TLS_PAIR &&
+                                                   BIO_ctrl_pending(SSL_get_rbio(c->ssl)) > 0);
+    return 0;
+}
 
 /* ---------------------------------------------------------------- info */
 
 const char *tls_conn_error(const tls_conn *c) { return c->error; }
-int tls_conn_errno(const tls_conn *c) { return c->sys_errno; }
+int tls_conn_errno(const tls_conn *c)
+{
+    if (c->sys_errno == 0 && c->ringbio != NULL)
+        return ringbio_last_errno(c->ringbio);
+    return c->sys_errno;
+}
 
 const char *tls_version(const tls_conn *c)
 {

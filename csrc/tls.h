@@ -47,6 +47,10 @@ enum tls_conn_flags {
     TLS_RING_VIA_RING = 2,  /* TLS_RING with a socket: no direct I/O, every byte
                                through the rings (for measuring the difference) */
     TLS_MIRRORED_RINGS = 4, /* ciphertext rings in mirrored mode */
+    TLS_CALLER_IO = 8,      /* TLS_RING with a socket: compound calls never touch
+                               it; the caller's thread moves ciphertext with
+                               tls_fill/tls_flush while another thread may run
+                               the SSL object (the rings are the hand-off) */
 };
 
 /* ------------------------------------------------------------- contexts */
@@ -106,6 +110,12 @@ long tls_write(tls_conn *c, const void *buf, size_t n);
 /* Encrypt (and send) up to n readable bytes of a ring straight from its
  * memory, and consume what was accepted: bytes, or a status when none. */
 long tls_write_ring(tls_conn *c, ring *plain, size_t n);
+/* TLS_RING with a socket: one readv of everything available into the
+ * incoming ring.  Bytes read, 0 when the ring is full, or a status
+ * (TLS_WANT_READ when the socket had nothing, TLS_EOF, TLS_ERROR). */
+long tls_fill(tls_conn *c);
+/* Ciphertext received but not yet decrypted (TLS_RING's incoming ring). */
+size_t tls_pending_in(tls_conn *c);
 /* Send queued ciphertext: bytes sent (0 if nothing queued) or a status. */
 long tls_flush(tls_conn *c);
 /* Send close_notify: 1 when the peer's was received too, 0 when not
@@ -118,8 +128,9 @@ void tls_feed_eof(tls_conn *c);
 size_t tls_take(tls_conn *c, void *buf, size_t n);
 /* Ciphertext waiting to be sent (sans-IO: to be taken). */
 size_t tls_pending_out(tls_conn *c);
-/* Decrypted bytes buffered inside OpenSSL (SSL_pending), or records it holds
- * that a read would process without the socket (SSL_has_pending). */
+/* 1 when a read would make progress without the socket: decrypted bytes or
+ * records buffered inside OpenSSL, or ciphertext already taken from the
+ * socket into the transport (the ring, the memory BIO, the pair). */
 int tls_has_pending(tls_conn *c);
 
 /* After a status: the error message (TLS_ERROR), the socket's errno. */

@@ -1,4 +1,4 @@
-"""Command line: ``python -m wsstls bench|copies`` (also installed as ``wsstls``)."""
+"""Command line: ``python -m wsstls bench|serve|copies`` (also installed as ``wsstls``)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wsstls", description=__doc__)
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("bench", help="the benchmark ('wsstls bench --help')", add_help=False)
+    sub.add_parser("serve", help="the WSS echo server ('wsstls serve --help')", add_help=False)
     sub.add_parser("copies", help="the copy ledger ('wsstls copies --help')", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command in (None, "bench"):
         from .ringbench import main as bench_main
 
         return bench_main(rest)
+    if args.command == "serve":
+        from .server import main as serve_main
+
+        return serve_main(rest)
     if args.command == "copies":
         from .copies import main as copies_main
 

@@ -274,6 +274,7 @@ class TLSContext:
         read_ahead: bool | None = None,
         via_ring: bool = False,
         mirrored: bool = False,
+        caller_io: bool = False,
     ) -> TLSConnection:
         """A connection; see TLSConnection."""
         return TLSConnection(
@@ -285,6 +286,7 @@ class TLSContext:
             read_ahead=read_ahead,
             via_ring=via_ring,
             mirrored=mirrored,
+            caller_io=caller_io,
         )
 
 
@@ -339,6 +341,7 @@ class TLSConnection:
         read_ahead: bool | None = None,
         via_ring: bool = False,
         mirrored: bool = False,
+        caller_io: bool = False,
     ) -> None:
         if not isinstance(context, TLSContext):
             raise TypeError(f"context must be a TLSContext, not {type(context).__name__}")
@@ -372,7 +375,10 @@ class TLSConnection:
             (lib.TLS_READ_AHEAD if read_ahead else 0)
             | (lib.TLS_RING_VIA_RING if via_ring else 0)
             | (lib.TLS_MIRRORED_RINGS if mirrored else 0)
+            | (lib.TLS_CALLER_IO if caller_io else 0)
         )
+        if caller_io and (self.transport is not Transport.RING or fd < 0):
+            raise ValueError("caller_io is for the ring transport over a socket")
         host = ffi.NULL if server_hostname is None else _host_bytes(server_hostname)
         raw = lib.tls_conn_new(
             context._ctx, _TRANSPORT_CODE[self.transport], fd, ring_capacity, flags, host
@@ -502,7 +508,7 @@ class TLSConnection:
         """
         try:
             put = _write_ring(self._c, ring._r, ring._cap if n < 0 else n)
-        except TypeError:
+        except (TypeError, AttributeError):
             self._live()
             if not isinstance(ring, RingBuffer):
                 raise TypeError(f"ring must be a RingBuffer, not {type(ring).__name__}") from None
@@ -515,6 +521,19 @@ class TLSConnection:
             return 0
         self._raise(put)
         raise AssertionError("unreachable")
+
+    def fill(self) -> int | None:
+        """Read what the socket holds into the incoming ring (``ring``): bytes,
+        0 when the ring is full, None when the socket had nothing.  Raises
+        TLSEOFError at the end of the stream, TLSError on a socket error."""
+        got = lib.tls_fill(self._live())
+        if got >= 0:
+            return got
+        if got == _WANT_READ:
+            return None
+        if got == _EOF:
+            raise TLSEOFError("the peer closed the connection")
+        raise TLSError(os.strerror(self.errno) if self.errno else "socket error")
 
     def flush(self) -> int:
         """Send queued ciphertext: bytes sent (0: nothing sent, see ``pending_out``)."""
@@ -533,7 +552,9 @@ class TLSConnection:
 
     @property
     def has_pending(self) -> bool:
-        """True when OpenSSL holds data that a read will return without the socket."""
+        """True when a read would make progress without the socket (data already
+        taken from it is buffered in OpenSSL or the transport): read again before
+        waiting for the socket to be readable."""
         return bool(lib.tls_has_pending(self._live()))
 
     def shutdown(self) -> bool:

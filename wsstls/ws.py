@@ -874,6 +874,21 @@ class FrameParser:
         # Header bytes carried over by consume_all when a view ended mid-header.
         self._hdr = bytearray()
 
+    @property
+    def idle(self) -> bool:
+        """True between messages: no partial frame, no message being assembled.
+
+        Only then may frames be handled elsewhere (the server's C fast path)
+        without this parser's state being bypassed."""
+        return (
+            self._msg_op == 0
+            and self._st_left < 0
+            and self._done == 0
+            and not self._hdr
+            and self.error is None
+            and not self.closed
+        )
+
     def receive_data(self, data: Buffer, *, consume_all: bool = False) -> int:
         """Parse frames from the start of ``data``; return the number of bytes consumed.
 
@@ -1198,6 +1213,22 @@ class Connection:
 
     def _handshake_data(self, data: Buffer, consume_all: bool) -> int:
         raise NotImplementedError  # pragma: no cover - a base Connection starts OPEN
+
+    @property
+    def fast_path_ok(self) -> bool:
+        """True when OPEN, between messages, with nothing pending: frames may be
+        echoed by someone else (the server's C fast path) until the next one
+        that needs this connection."""
+        return self.state is State.OPEN and self._pending is None and self._parser.idle
+
+    def fail(self, code: int, reason: str) -> None:
+        """Fail the connection as for a protocol violation found elsewhere.
+
+        Sends a close frame with ``code`` (e.g. 1007 for invalid UTF-8 seen by
+        the fast path) and moves to CLOSED."""
+        if self.state is State.OPEN or self.state is State.CLOSING:
+            self._pending = ProtocolError(code, reason)
+            self._fail()
 
     def events(self) -> Iterator[Event]:
         """Yield received events in order, acting on control frames as they come out.

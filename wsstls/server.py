@@ -1,0 +1,837 @@
+"""The WebSocket echo server, with the seed report's TLS designs selectable.
+
+One epoll loop per process.  A connection goes TLS handshake -> WebSocket
+handshake -> open.  While open, each readable event is one call into C
+(``wsecho_pump``): receive, decrypt into the connection's plaintext ring, and
+echo every plain data frame straight from the ring.  The first frame that is
+not plain (control frames, fragments, oversize, anything invalid) goes to the
+sans-IO framer (``wsstls.ws``), which owns the protocol; the fast path
+resumes when the framer is between messages again.
+
+Designs (``--mode``), all over the ``ring`` transport when offloading:
+
+``inline``     TLS on the loop thread (the seed's baseline).
+``offload``    every message's TLS work dispatched to a thread pool: the loop
+               reads the socket into the connection's incoming ring, a worker
+               decrypts, frames and encrypts into its outgoing ring, the loop
+               sends it (the seed's regressed design).
+``batched``    one dispatch per loop iteration carrying every ready
+               connection (split over the threads): recommendation 4.
+``threshold``  offload only when a read brought at least
+               ``offload_threshold`` bytes, inline below (recommendation 2).
+``workers=N``  N processes, each its own loop, sharing the port with
+               SO_REUSEPORT (recommendation 3).
+
+Backpressure: a connection with output the kernel refused is not read
+until that output drains, so its memory stays bounded (rings plus at most
+one message assembled by the framer).
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from ._native import ffi, lib
+from .ring import RingBuffer
+from .tls import TLSConnection, TLSContext, TLSError, Transport
+from .ws import Message, ServerConnection, State
+
+__all__ = ["Mode", "Server", "ServerConfig", "ServerStats", "serve"]
+
+
+class Mode(str, enum.Enum):
+    INLINE = "inline"
+    OFFLOAD = "offload"
+    BATCHED = "batched"
+    THRESHOLD = "threshold"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything ``python -m wsstls serve`` can set."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    tls: bool = True
+    certfile: str | None = None
+    keyfile: str | None = None
+    transport: Transport = Transport.RING
+    mode: Mode = Mode.INLINE
+    threads: int = 2
+    offload_threshold: int = 16384
+    workers: int = 1
+    cpus: tuple[int, ...] = ()
+    max_message: int = 16 * 1024 * 1024
+    ring_capacity: int = 65536
+    handshake_timeout: float = 10.0
+    fast_path: bool = True
+    backlog: int = 1024
+
+    def check(self) -> None:
+        """Raise ValueError for settings that cannot work together."""
+        if self.mode is not Mode.INLINE:
+            if not self.tls:
+                raise ValueError(f"--mode {self.mode.value} offloads TLS work: it needs --tls")
+            if self.transport is not Transport.RING:
+                raise ValueError(
+                    f"--mode {self.mode.value} hands ciphertext over through the rings: "
+                    "it needs --transport ring"
+                )
+        for name in ("threads", "workers", "ring_capacity", "backlog"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.ring_capacity < 4096:
+            raise ValueError("ring_capacity must be at least 4096 (one page, mirrored)")
+        if self.max_message < 0 or self.offload_threshold < 0 or self.handshake_timeout <= 0:
+            raise ValueError("max_message, offload_threshold >= 0 and handshake_timeout > 0")
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("give both --cert and --key, or neither")
+
+
+@dataclass
+class ServerStats:
+    """What a server process did, for the benchmark (``--stats FILE``)."""
+
+    connections: int = 0
+    messages_fast: int = 0  # echoed by the C fast path
+    messages_slow: int = 0  # echoed by the Python framer
+    bytes_echoed: int = 0
+    cpu_s: float = 0.0  # user + system of the process (all its threads)
+    ledger: dict[str, int] = field(default_factory=dict)  # summed over connections
+    loop: dict[str, int] = field(default_factory=dict)  # the C loop's counters
+
+    def add_ledger(self, ledger: Any) -> None:
+        for f in fields(ledger):
+            self.ledger[f.name] = self.ledger.get(f.name, 0) + getattr(ledger, f.name)
+
+
+class _Phase(enum.IntEnum):
+    TLS = 0
+    WS = 1
+    OPEN = 2
+    CLOSING = 3
+
+
+_IN = select.EPOLLIN | select.EPOLLRDHUP
+_OUT = select.EPOLLOUT
+_READ, _ECHO = lib.WSECHO_READ, lib.WSECHO_ECHO
+_WAIT, _SLOW, _BLOCKED, _BAD_UTF8 = (
+    lib.WSECHO_WAIT,
+    lib.WSECHO_SLOW,
+    lib.WSECHO_BLOCKED,
+    lib.WSECHO_BAD_UTF8,
+)
+_pump = lib.wsecho_pump
+
+
+class _Conn:
+    """One client: its socket, TLS session, plaintext ring and framer."""
+
+    __slots__ = (
+        "c",
+        "deadline",
+        "echo",
+        "events",
+        "fd",
+        "hot",
+        "job",
+        "out",
+        "phase",
+        "plain",
+        "plain_r",
+        "sock",
+        "tls",
+        "ws",
+    )
+
+    def __init__(self, sock: socket.socket, tls: TLSConnection | None, cfg: ServerConfig) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.tls = tls
+        self.c = ffi.NULL if tls is None else tls._c
+        self.plain = RingBuffer(cfg.ring_capacity, mirrored=True)
+        self.plain_r = self.plain._r
+        self.ws = ServerConnection(max_size=cfg.max_message, in_place_limit=self.plain.capacity)
+        self.echo = ffi.new("struct wsecho *")
+        self.echo.max_message = cfg.max_message
+        self.echo.fd = self.fd
+        self.job: Any = ffi.NULL
+        self.phase = _Phase.TLS if tls is not None else _Phase.WS
+        self.out = bytearray()  # the framer's output the transport has not taken yet
+        self.events = -1  # watched epoll events; -1 before the first watch
+        self.hot = False  # served by the C loop
+        self.deadline = time.monotonic() + cfg.handshake_timeout
+
+
+_LOOP_MODE = {
+    Mode.INLINE: lib.WSLOOP_INLINE,
+    Mode.OFFLOAD: lib.WSLOOP_OFFLOAD,
+    Mode.BATCHED: lib.WSLOOP_BATCHED,
+    Mode.THRESHOLD: lib.WSLOOP_THRESHOLD,
+}
+_RAW = lib.WSLOOP_RAW
+
+
+class Server:
+    """One process's event loop.  ``serve_forever`` until ``stop()`` or a signal.
+
+    The loop itself is C (csrc/wsloop.c): it serves hot connections (open,
+    between messages, nothing to send) without coming back here, and reports
+    everything else - new connections, handshakes, frames for the framer,
+    backpressure, endings - as events that this class handles.
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        context: TLSContext | None = None,
+        sock: socket.socket | None = None,
+    ) -> None:
+        config.check()
+        self.cfg = config
+        if config.tls and context is None:
+            if config.certfile is not None and config.keyfile is not None:
+                context = TLSContext(True, certfile=config.certfile, keyfile=config.keyfile)
+            else:
+                context = TLSContext.server_self_signed("localhost")
+        self.context = context if config.tls else None
+        self.listener = sock if sock is not None else listen(config)
+        self.listener.setblocking(False)
+        self.conns: dict[int, _Conn] = {}
+        self.stats = ServerStats()
+        self.running = False
+        self.caller_io = config.mode is not Mode.INLINE
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.pool: Any = ffi.NULL
+        if self.caller_io:
+            self.pool = lib.offload_new(config.threads)
+            if self.pool == ffi.NULL:
+                raise OSError(ffi.errno, f"cannot start {config.threads} offload threads")
+        self.loop = lib.wsloop_new(
+            _LOOP_MODE[config.mode], self.pool, config.offload_threshold, config.threads
+        )
+        if self.loop == ffi.NULL:
+            lib.offload_free(self.pool)
+            raise OSError(ffi.errno, "cannot create the event loop")
+        self._events = ffi.new("struct wsloop_event[]", 1024)
+        for fd in (self.listener.fileno(), self._wake_r):
+            self._check(lib.wsloop_watch(self.loop, fd, select.EPOLLIN), "watch")
+
+    @staticmethod
+    def _check(result: int, what: str) -> None:
+        if result < 0:
+            raise OSError(-result, f"wsloop_{what}: {os.strerror(-result)}")
+
+    @property
+    def url(self) -> str:
+        host, port = self.listener.getsockname()[:2]
+        return f"{'wss' if self.cfg.tls else 'ws'}://{host}:{port}/"
+
+    def stop(self) -> None:
+        """Ask the loop to finish (safe from a signal handler or another thread)."""
+        self.running = False
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass
+
+    # ------------------------------------------------------------- loop
+
+    def serve_forever(self, ready: Callable[[str], None] | None = None) -> ServerStats:
+        self.running = True
+        if ready is not None:
+            ready(self.url)
+        listen_fd, wake_fd = self.listener.fileno(), self._wake_r
+        conns, events, loop = self.conns, self._events, self.loop
+        poll = lib.wsloop_poll
+        next_sweep = time.monotonic() + 1.0
+        try:
+            while self.running:
+                n = poll(loop, 1000, events, 1024)
+                if n < 0:
+                    raise OSError(-n, f"epoll: {os.strerror(-n)}")
+                for i in range(n):
+                    e = events[i]
+                    fd = e.fd
+                    conn = conns.get(fd)
+                    if conn is not None:
+                        try:
+                            self._event(conn, e.events, e.status)
+                        except Exception:  # a bug must cost one connection, not all
+                            self._internal_error(conn)
+                    elif fd == listen_fd:
+                        self._accept()
+                    elif fd == wake_fd:
+                        self._drain_wake()
+                now = time.monotonic()
+                if now >= next_sweep:
+                    self._sweep(now)
+                    next_sweep = now + 1.0
+        finally:
+            self._shutdown()
+        return self.stats
+
+    def _drain_wake(self) -> None:
+        while True:
+            try:
+                if not os.read(self._wake_r, 512):
+                    return
+            except BlockingIOError:
+                return
+
+    def _internal_error(self, conn: _Conn) -> None:
+        import traceback
+
+        print(f"wsstls serve: internal error on fd {conn.fd}:", file=sys.stderr)
+        traceback.print_exc(file=sys.stderr)
+        try:
+            self._close(conn)
+        except Exception:
+            self.conns.pop(conn.fd, None)
+
+    def _accept(self) -> None:
+        for _ in range(256):
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and friends: keep serving the others
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    return
+                raise
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                tls = None
+                if self.context is not None:
+                    tls = self.context.connection(
+                        sock, transport=self.cfg.transport, caller_io=self.caller_io
+                    )
+                conn = _Conn(sock, tls, self.cfg)
+            except (OSError, MemoryError, TLSError):
+                sock.close()
+                continue
+            if self.caller_io:
+                conn.job = ffi.new("struct offload_job *")
+                conn.job.tls, conn.job.plain, conn.job.echo = conn.c, conn.plain_r, conn.echo
+                conn.job.id = conn.fd
+            self.conns[conn.fd] = conn
+            self.stats.connections += 1
+            self._watch(conn, _IN)
+
+    # ------------------------------------------------------------- events
+
+    def _event(self, conn: _Conn, events: int, status: int) -> None:
+        try:
+            if status != _RAW:  # the C loop's hot path stopped: it is ours again
+                conn.hot = False
+                self._status(conn, status, _READ | _ECHO)
+                if self._input_buffered(conn):
+                    self._read_open(conn)
+                return
+            if events & _OUT:
+                self._writable(conn)
+            if events & ~_OUT and conn.fd in self.conns:
+                self._readable(conn)
+        except (TLSError, OSError):
+            self._close(conn)
+
+    def _readable(self, conn: _Conn) -> None:
+        if conn.phase is _Phase.OPEN:
+            self._read_open(conn)
+        elif conn.phase is _Phase.TLS:
+            self._tls_handshake(conn)
+        elif conn.phase is _Phase.WS:
+            self._ws_handshake(conn)
+        else:  # CLOSING: input is no longer wanted
+            self._drop_input(conn)
+
+    def _read_open(self, conn: _Conn) -> None:
+        """Read and echo here (the connection is not hot: the framer is mid-message,
+        or the fast path is off); again while the TLS layer holds input the socket
+        will not signal and the connection can take it."""
+        for _ in range(64):  # bounded: the socket is polled again after
+            if self.caller_io:
+                lib.tls_fill(conn.c)
+            self._pump(conn, _READ | _ECHO if self._fast(conn) else _READ)
+            if not self._input_buffered(conn):
+                return
+
+    def _input_buffered(self, conn: _Conn) -> bool:
+        """True when input already taken from the socket waits in the TLS layer (the
+        socket will not signal it) and this connection, ours and open, can take it."""
+        return (
+            conn.c != ffi.NULL
+            and conn.fd in self.conns
+            and not conn.hot
+            and conn.phase is _Phase.OPEN
+            and not self._output_pending(conn)
+            and conn.plain.writable > 0
+            and bool(lib.tls_has_pending(conn.c))
+        )
+
+    def _writable(self, conn: _Conn) -> None:
+        self._flush(conn)
+        if conn.phase is _Phase.TLS and not self._output_pending(conn):
+            self._tls_handshake(conn)
+            return
+        if conn.echo.pending_len:  # an echo cut short by backpressure
+            self._pump(conn, _ECHO)
+            return
+        if conn.phase is _Phase.OPEN and len(conn.plain) and conn.ws.fast_path_ok:
+            self._pump(conn, _ECHO)  # frames left behind while output was blocked
+            return
+        self._rearm(conn)
+
+    # -------------------------------------------------------- handshakes
+
+    def _tls_handshake(self, conn: _Conn) -> None:
+        tls = conn.tls
+        assert tls is not None
+        if self.caller_io:
+            lib.tls_fill(conn.c)
+        done = tls.do_handshake()
+        if self.caller_io:
+            tls.flush()
+        if done:
+            conn.phase = _Phase.WS
+            self._ws_handshake(conn)
+        else:
+            self._rearm(conn)
+
+    def _read_plain(self, conn: _Conn) -> int | None:
+        """Handshake-time read into the plaintext ring: bytes, None (nothing), 0 (EOF)."""
+        if conn.tls is None:
+            try:
+                return conn.plain.recv_from(conn.sock)
+            except (BlockingIOError, BufferError):
+                return None
+        if self.caller_io:
+            lib.tls_fill(conn.c)
+        return conn.tls.read_into(conn.plain)
+
+    def _ws_handshake(self, conn: _Conn) -> None:
+        if self._read_plain(conn) == 0:
+            self._close(conn)
+            return
+        self._framer(conn)
+        if conn.phase is _Phase.WS and conn.ws.state is State.OPEN:
+            conn.phase = _Phase.OPEN
+            if len(conn.plain):  # frames sent right behind the request
+                self._framer(conn)
+        if conn.fd in self.conns:
+            self._rearm(conn)
+
+    # ------------------------------------------------------- the echo path
+
+    def _fast(self, conn: _Conn) -> bool:
+        return self.cfg.fast_path and not conn.out and conn.ws.fast_path_ok
+
+    def _pump(self, conn: _Conn, flags: int) -> None:
+        status = _pump(conn.c, conn.plain_r, conn.echo, flags)
+        if self.caller_io:
+            conn.tls.flush()  # type: ignore[union-attr]
+        self._status(conn, status, flags)
+
+    def _status(self, conn: _Conn, status: int, flags: int) -> None:
+        """Act on a wsecho_pump result (the connection is cold: it is ours)."""
+        if status == _WAIT:
+            if not flags & _ECHO and len(conn.plain):
+                self._framer(conn)
+        elif status == _SLOW:
+            self._framer(conn)
+        elif status == _BAD_UTF8:
+            conn.plain.reset()  # the frame is garbage now; nothing after it is read
+            conn.ws.fail(1007, "invalid UTF-8 in a text message")
+            self._send(conn, conn.ws.data_to_send())
+            conn.phase = _Phase.CLOSING
+        elif status < 0:  # the peer closed (close_notify, EOF) or the session broke
+            self._close(conn)
+            return
+        if conn.fd not in self.conns:
+            return
+        if self._output_pending(conn):
+            self._flush(conn)
+        self._rearm(conn)  # hot again, or wait to write, or close once drained
+
+    def _framer(self, conn: _Conn) -> None:
+        """Run the sans-IO framer over the ring's readable bytes; echo its messages."""
+        ws, plain = conn.ws, conn.plain
+        while True:
+            views = plain.readable_views()  # mirrored: at most one
+            if not views:
+                return
+            n = ws.receive_data(views[0])
+            for event in ws.events():
+                if type(event) is Message:
+                    ws.send_message(event.opcode, event.data)
+                    self.stats.messages_slow += 1
+                    self.stats.bytes_echoed += len(event.data)
+            del views
+            plain.consume(n)
+            out = ws.data_to_send()
+            if out:
+                self._send(conn, out)
+            if ws.state is State.CLOSED:
+                conn.phase = _Phase.CLOSING
+                return
+            if conn.phase is not _Phase.OPEN or not self._fast(conn) or not len(plain):
+                return
+            # Between messages again with bytes left: the fast path takes them.
+            status = _pump(conn.c, conn.plain_r, conn.echo, _ECHO)
+            if status != _SLOW:
+                if self.caller_io:
+                    conn.tls.flush()  # type: ignore[union-attr]
+                self._status(conn, status, _ECHO)
+                return
+
+    # -------------------------------------------------------------- output
+
+    def _send(self, conn: _Conn, data: bytes | bytearray) -> None:
+        """The framer's output: to the transport, the rest kept in order."""
+        if conn.out:
+            conn.out += data
+            return
+        tls = conn.tls
+        if tls is None:
+            try:
+                sent = conn.sock.send(data)
+            except BlockingIOError:
+                sent = 0
+        else:
+            sent = tls.write(data)
+            if self.caller_io:
+                tls.flush()
+        if sent < len(data):
+            conn.out = bytearray(memoryview(data)[sent:])
+
+    def _flush(self, conn: _Conn) -> None:
+        tls = conn.tls
+        if tls is not None:
+            tls.flush()
+        if conn.out:
+            out = conn.out
+            if tls is None:
+                try:
+                    sent = conn.sock.send(out)
+                except BlockingIOError:
+                    sent = 0
+            else:
+                sent = tls.write(out)
+                if self.caller_io:
+                    tls.flush()
+            del out[:sent]
+
+    def _output_pending(self, conn: _Conn) -> bool:
+        return bool(
+            conn.out or conn.echo.pending_len or (conn.tls is not None and conn.tls.pending_out)
+        )
+
+    def _watch(self, conn: _Conn, events: int) -> None:
+        if events != conn.events or conn.hot:
+            self._check(lib.wsloop_watch(self.loop, conn.fd, events), "watch")
+            conn.events = events
+            conn.hot = False
+
+    def _rearm(self, conn: _Conn) -> None:
+        """Hand the connection to the C loop when it can go alone; else read unless
+        output is waiting (backpressure), write when it is; close a CLOSING one once
+        its output is out."""
+        if conn.fd not in self.conns:
+            return
+        if self._output_pending(conn):
+            self._watch(conn, _OUT)
+            return
+        if conn.phase is _Phase.CLOSING:
+            self._close(conn)
+        elif conn.phase is _Phase.OPEN and self._fast(conn):
+            self._check(
+                lib.wsloop_hot(self.loop, conn.fd, conn.c, conn.plain_r, conn.echo, conn.job),
+                "hot",
+            )
+            conn.hot = True
+            conn.events = _IN
+        else:
+            self._watch(conn, _IN)
+
+    def _drop_input(self, conn: _Conn) -> None:
+        try:
+            if conn.tls is not None:
+                if self.caller_io:
+                    lib.tls_fill(conn.c)
+                if conn.tls.read_into(conn.plain) is not None:
+                    conn.plain.reset()
+            else:
+                conn.plain.reset()
+                if conn.plain.recv_from(conn.sock) == 0:
+                    self._close(conn)
+        except (BlockingIOError, BufferError):
+            pass
+
+    # ------------------------------------------------------------ endings
+
+    def _close(self, conn: _Conn) -> None:
+        if self.conns.pop(conn.fd, None) is None:
+            return
+        lib.wsloop_unwatch(self.loop, conn.fd)  # cold connections are never busy
+        self.stats.messages_fast += conn.echo.messages
+        self.stats.bytes_echoed += conn.echo.bytes
+        if conn.tls is not None:
+            try:
+                conn.tls.shutdown()  # close_notify, best effort
+                if self.caller_io:
+                    conn.tls.flush()
+            except TLSError:
+                pass
+            self.stats.add_ledger(conn.tls.ledger())
+            conn.tls.close()
+        conn.sock.close()
+        conn.plain.close()
+
+    def _sweep(self, now: float) -> None:
+        for conn in list(self.conns.values()):
+            if conn.phase < _Phase.OPEN and now > conn.deadline:
+                self._close(conn)  # handshake timeout
+
+    def _shutdown(self) -> None:
+        """Close every connection with 1001 (going away), then free the loop and pool."""
+        if self.pool != ffi.NULL:
+            lib.wsloop_drain(self.loop, 5000)  # every job back: all connections cold
+        for conn in list(self.conns.values()):
+            conn.hot = False
+            if conn.phase is _Phase.OPEN:
+                try:
+                    conn.ws.send_close(1001, "server shutting down")
+                    self._send(conn, conn.ws.data_to_send())
+                    self._flush(conn)
+                except (TLSError, OSError):
+                    pass
+            self._close(conn)
+        counters = ffi.new("struct wsloop_counters *")
+        lib.wsloop_get_counters(self.loop, counters)
+        self.stats.loop = {k: getattr(counters, k) for k in ("polls", "hot_events", "reported",
+                           "dispatches", "jobs")}  # fmt: skip
+        lib.wsloop_free(self.loop)
+        lib.offload_free(self.pool)  # joins the workers (NULL: nothing)
+        self.stats.cpu_s = _cpu_seconds()
+        self.listener.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+
+def _cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def listen(cfg: ServerConfig, reuse_port: bool = False) -> socket.socket:
+    family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((cfg.host, cfg.port))
+    sock.listen(cfg.backlog)
+    return sock
+
+
+def _raise_nofile() -> None:
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
+def _pin(cpus: tuple[int, ...], index: int) -> None:
+    if cpus:
+        os.sched_setaffinity(0, {cpus[index % len(cpus)]})
+
+
+# ------------------------------------------------------------ the process(es)
+
+
+def serve(
+    config: ServerConfig,
+    ready: Callable[[str], None] | None = None,
+    stats_file: str | None = None,
+) -> int:
+    """Run the server (and its worker processes) until SIGINT or SIGTERM.
+
+    ``ready(url)`` is called once every process listens.  Returns the exit code.
+    """
+    config.check()
+    _raise_nofile()
+    context = None
+    if config.tls:
+        if config.certfile is not None and config.keyfile is not None:
+            context = TLSContext(True, certfile=config.certfile, keyfile=config.keyfile)
+        else:
+            context = TLSContext.server_self_signed("localhost")
+    if config.workers == 1:
+        return _serve_one(config, context, None, 0, ready, stats_file)
+    return _serve_many(config, context, ready, stats_file)
+
+
+def _serve_one(
+    config: ServerConfig,
+    context: TLSContext | None,
+    sock: socket.socket | None,
+    index: int,
+    ready: Callable[[str], None] | None,
+    stats_file: str | None,
+) -> int:
+    _pin(config.cpus, index)
+    server = Server(config, context, sock)
+    old = {s: signal.signal(s, lambda *_: server.stop()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        stats = server.serve_forever(ready)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if stats_file is not None:
+        with open(stats_file, "w") as f:
+            json.dump(asdict(stats), f)
+    return 0
+
+
+def _serve_many(
+    config: ServerConfig,
+    context: TLSContext | None,
+    ready: Callable[[str], None] | None,
+    stats_file: str | None,
+) -> int:
+    """Fork N workers, each with its own SO_REUSEPORT socket on one port."""
+    holder = listen(config, reuse_port=True)  # picks the port (and holds it meanwhile)
+    port = holder.getsockname()[1]
+    cfg = ServerConfig(**{**asdict(config), "port": port})
+    pids, pipes = [], []
+    for i in range(config.workers):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                os.close(r)
+                holder.close()
+                sock = listen(cfg, reuse_port=True)
+                part = None if stats_file is None else f"{stats_file}.{i}"
+                code = _serve_one(cfg, context, sock, i, lambda url, w=w: os.write(w, b"1"), part)
+            finally:
+                os._exit(code)
+        os.close(w)
+        pids.append(pid)
+        pipes.append(r)
+    stopping = False
+
+    def forward(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for r in pipes:
+            if os.read(r, 1) != b"1":
+                forward(signal.SIGTERM, None)
+                break
+        holder.close()
+        if not stopping and ready is not None:
+            ready(f"{'wss' if cfg.tls else 'ws'}://{cfg.host}:{port}/")
+        code = 0
+        for pid in pids:
+            _, status = os.waitpid(pid, 0)
+            code = code or os.waitstatus_to_exitcode(status)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        for r in pipes:
+            os.close(r)
+    if stats_file is not None:
+        _merge_stats(stats_file, config.workers)
+    return code
+
+
+def _merge_stats(stats_file: str, workers: int) -> None:
+    total = ServerStats()
+    for i in range(workers):
+        try:
+            with open(f"{stats_file}.{i}") as f:
+                part = json.load(f)
+            os.unlink(f"{stats_file}.{i}")
+        except (OSError, ValueError):
+            continue
+        for k in ("connections", "messages_fast", "messages_slow", "bytes_echoed", "cpu_s"):
+            setattr(total, k, getattr(total, k) + part[k])
+        for k, v in part["ledger"].items():
+            total.ledger[k] = total.ledger.get(k, 0) + v
+        for k, v in part.get("loop", {}).items():
+            total.loop[k] = total.loop.get(k, 0) + v
+    with open(stats_file, "w") as f:
+        json.dump(asdict(total), f)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m wsstls serve``."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="wsstls serve", description="The WSS echo server.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--tls", dest="tls", action="store_true", default=True, help="wss:// (default)")
+    g.add_argument("--no-tls", dest="tls", action="store_false", help="plain ws://")
+    p.add_argument("--cert", help="certificate chain (PEM); default: self-signed, in memory")
+    p.add_argument("--key", help="private key (PEM)")
+    p.add_argument("--transport", choices=[t.value for t in Transport], default="ring")
+    p.add_argument("--mode", choices=[m.value for m in Mode], default="inline")
+    p.add_argument("--threads", type=int, default=2, help="offload threads")
+    p.add_argument("--offload-threshold", type=int, default=16384, help="bytes (threshold mode)")
+    p.add_argument("--workers", type=int, default=1, help="processes sharing the port")
+    p.add_argument("--cpus", default="", help="pin process i to cpu LIST[i], e.g. 0 or 0,1")
+    p.add_argument("--max-message", type=int, default=16 * 1024 * 1024)
+    p.add_argument("--ring-capacity", type=int, default=65536)
+    p.add_argument("--handshake-timeout", type=float, default=10.0)
+    p.add_argument("--no-fast-path", dest="fast_path", action="store_false",
+                   help="every frame through the Python framer")  # fmt: skip
+    p.add_argument("--stats", metavar="FILE", help="write counters as JSON on exit")
+    a = p.parse_args(argv)
+    try:
+        cpus = tuple(int(c) for c in a.cpus.split(",") if c)
+        cfg = ServerConfig(
+            host=a.host, port=a.port, tls=a.tls, certfile=a.cert, keyfile=a.key,
+            transport=Transport(a.transport), mode=Mode(a.mode), threads=a.threads,
+            offload_threshold=a.offload_threshold, workers=a.workers, cpus=cpus,
+            max_message=a.max_message, ring_capacity=a.ring_capacity,
+            handshake_timeout=a.handshake_timeout, fast_path=a.fast_path,
+        )  # fmt: skip
+        cfg.check()
+    except ValueError as exc:
+        p.error(str(exc))
+
+    def ready(url: str) -> None:
+        print(f"listening on {url}", flush=True)
+
+    try:
+        return serve(cfg, ready, a.stats)
+    except (OSError, TLSError) as exc:
+        print(f"wsstls serve: {exc}", file=sys.stderr)
+        return 1
