@@ -905,10 +905,18 @@ static void on_writable(struct lg *g, struct conn *c)
 
 /* ------------------------------------------------------------ the phases */
 
+/* Release: whoever sees a phase also sees the figures recorded before it. */
+static void publish_phase(struct lg *g, int phase)
+{
+    if (g->cfg->phase != NULL)
+        __atomic_store_n(g->cfg->phase, phase, __ATOMIC_RELEASE);
+}
+
 static void end_window(struct lg *g)
 {
     if (g->phase != P_MEASURE)
         return;
+    publish_phase(g, 3);
     g->out->wall_ns = g->now - g->win_start;
     g->out->cpu_ns = thread_cpu_ns() - g->cpu0;
 }
@@ -994,12 +1002,14 @@ static int event_loop(struct lg *g)
                 fail_setup_timeouts(g);
             if (g->setting_up == 0) {
                 g->phase = P_WARMUP;
+                publish_phase(g, 1);
                 g->t_start = g->now + cfg->warmup_ns;
                 g->t_end = g->t_start + cfg->duration_ns;
             }
         }
         if (g->phase == P_WARMUP && g->now >= g->t_start) {
             g->phase = P_MEASURE;
+            publish_phase(g, 2);
             g->win_start = g->now;
             g->cpu0 = thread_cpu_ns();
         }
@@ -1237,6 +1247,11 @@ done:
         set_error(out, "cannot restore the thread's CPU affinity: %s",
                   errstr(errno));
     return rc;
+}
+
+int loadgen_phase(const int *phase)
+{
+    return phase == NULL ? 0 : __atomic_load_n(phase, __ATOMIC_ACQUIRE);
 }
 
 void loadgen_request_stop(int *flag)

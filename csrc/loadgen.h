@@ -73,6 +73,9 @@ struct loadgen_config {
                                 affinity is restored on return), -1: no pinning */
     int *stop;               /* NULL, or a flag loadgen_request_stop() sets to end early */
     uint64_t seed;           /* payloads and masks (not the handshake keys); 0: random */
+    int *phase;              /* NULL, or where the run publishes its phase as it changes:
+                                1 warming up, 2 measuring, 3 the window closed (read it
+                                with loadgen_phase() from another thread) */
 };
 
 struct loadgen_result {
@@ -106,6 +109,9 @@ struct loadgen_result {
  * with the reason in out->error.  *out is always initialised: call
  * loadgen_result_free() on it either way. */
 int loadgen_run(const struct loadgen_config *cfg, struct loadgen_result *out);
+
+/* A run's published phase (see loadgen_config.phase), from any thread. */
+int loadgen_phase(const int *phase);
 
 /* Ask the runs watching `flag` to end now (safe from any thread). */
 void loadgen_request_stop(int *flag);

@@ -4,8 +4,8 @@
  * internal copies instead of assuming them.
  *
  * It interposes memcpy, memmove, mempcpy and their _FORTIFY_SOURCE variants
- * (calls of at least MEMCOUNT_MIN_COPY bytes count), and read/readv/recv*,
- * write/writev/send*.  The caller is the return address, classified by the
+ * (calls of at least MEMCOUNT_MIN_COPY bytes count), read/readv/recv*,
+ * write/writev/send* and epoll_wait.  The caller is the return address, classified by the
  * loaded object it falls in (libssl, libcrypto, the wsstls extension,
  * Python, libc, other).  Only calls that cross a PLT are seen: a library's
  * internal calls to its own functions, and copies the compiler inlined, are
@@ -22,6 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -30,7 +31,7 @@
 #define MAX_RANGES 256
 
 enum memcount_class { MC_SSL, MC_CRYPTO, MC_WSSTLS, MC_PYTHON, MC_LIBC, MC_OTHER, MC_CLASSES };
-enum memcount_kind { MC_COPY, MC_READ, MC_WRITE, MC_KINDS };
+enum memcount_kind { MC_COPY, MC_READ, MC_WRITE, MC_POLL, MC_KINDS };
 
 struct range {
     uintptr_t start, end;
@@ -38,8 +39,12 @@ struct range {
 };
 
 static atomic_int enabled;
-static struct range ranges[MAX_RANGES];
-static int nranges;
+/* The loaded objects' code ranges, in two buffers: memcount_start builds the
+ * idle one and publishes it, so a thread classifying a call meanwhile (a
+ * server's worker) reads a complete map, never one being rebuilt. */
+static struct range ranges[2][MAX_RANGES];
+static int nranges[2];
+static atomic_int current;
 static _Atomic uint64_t calls[MC_KINDS][MC_CLASSES], bytes[MC_KINDS][MC_CLASSES];
 
 /* ------------------------------------------------------- real functions */
@@ -57,6 +62,7 @@ static ssize_t (*real_writev)(int, const struct iovec *, int);
 static ssize_t (*real_send)(int, const void *, size_t, int);
 static ssize_t (*real_sendto)(int, const void *, size_t, int, const struct sockaddr *, socklen_t);
 static ssize_t (*real_sendmsg)(int, const struct msghdr *, int);
+static int (*real_epoll_wait)(int, struct epoll_event *, int, int);
 
 /* Used only while dlsym resolves the real functions (it may copy). */
 static void *byte_copy(void *dst, const void *src, size_t n)
@@ -89,6 +95,7 @@ __attribute__((constructor)) static void resolve(void)
     RESOLVE(send);
     RESOLVE(sendto);
     RESOLVE(sendmsg);
+    RESOLVE(epoll_wait);
 }
 
 /* ------------------------------------------------------------- counting */
@@ -111,14 +118,15 @@ static int classify_name(const char *name)
 
 static int add_object(struct dl_phdr_info *info, size_t size, void *data)
 {
-    (void)size, (void)data;
+    (void)size;
+    int b = *(int *)data;
     int cls = classify_name(info->dlpi_name ? info->dlpi_name : "");
-    for (int i = 0; i < info->dlpi_phnum && nranges < MAX_RANGES; i++) {
+    for (int i = 0; i < info->dlpi_phnum && nranges[b] < MAX_RANGES; i++) {
         const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
         if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_X))
             continue;
         uintptr_t start = info->dlpi_addr + ph->p_vaddr;
-        ranges[nranges++] = (struct range){start, start + ph->p_memsz, cls};
+        ranges[b][nranges[b]++] = (struct range){start, start + ph->p_memsz, cls};
     }
     return 0;
 }
@@ -126,9 +134,10 @@ static int add_object(struct dl_phdr_info *info, size_t size, void *data)
 static int classify(const void *caller)
 {
     uintptr_t pc = (uintptr_t)caller;
-    for (int i = 0; i < nranges; i++)
-        if (pc >= ranges[i].start && pc < ranges[i].end)
-            return ranges[i].cls;
+    int b = atomic_load_explicit(&current, memory_order_acquire);
+    for (int i = 0; i < nranges[b]; i++)
+        if (pc >= ranges[b][i].start && pc < ranges[b][i].end)
+            return ranges[b][i].cls;
     return MC_OTHER;
 }
 
@@ -241,6 +250,11 @@ ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
     SYSCALL_HOOK(MC_WRITE, real_sendmsg(fd, msg, flags));
 }
 
+int epoll_wait(int epfd, struct epoll_event *events, int maxevents, int timeout)
+{
+    SYSCALL_HOOK(MC_POLL, real_epoll_wait(epfd, events, maxevents, timeout));
+}
+
 /* --------------------------------------------------------------- control */
 
 /* 1 when this library's memcpy is the one the process uses (preloaded). */
@@ -249,13 +263,15 @@ int memcount_active(void) { return dlsym(RTLD_DEFAULT, "memcpy") == (void *)memc
 int memcount_classes(void) { return MC_CLASSES; }
 int memcount_kinds(void) { return MC_KINDS; }
 
-/* Zero the counters, map the loaded objects again, count from now on.
- * Call start and stop from a quiet point: the map is rebuilt unlocked. */
+/* Zero the counters, map the loaded objects again, count from now on.  One
+ * thread at a time calls start/stop; other threads may be copying. */
 void memcount_start(void)
 {
     atomic_store(&enabled, 0);
-    nranges = 0;
-    dl_iterate_phdr(add_object, NULL);
+    int next = 1 - atomic_load_explicit(&current, memory_order_relaxed);
+    nranges[next] = 0;
+    dl_iterate_phdr(add_object, &next);
+    atomic_store_explicit(&current, next, memory_order_release); /* the map before its use */
     for (int k = 0; k < MC_KINDS; k++)
         for (int c = 0; c < MC_CLASSES; c++) {
             atomic_store(&calls[k][c], 0);

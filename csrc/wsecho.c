@@ -13,16 +13,19 @@
 enum { OP_TEXT = 1, OP_BINARY = 2 };
 
 /* Receive into the plaintext ring: TLS, or (c == NULL) the plain socket
- * read until it would block or the ring is full. */
+ * read until it is drained or the ring is full. */
 static long receive(tls_conn *c, ring *plain, struct wsecho *st)
 {
     if (c != NULL)
         return tls_read_ring(c, plain);
     long total = 0;
     for (;;) {
+        size_t room = ring_writable(plain);
         ssize_t got = ring_read_fd(plain, st->fd);
         if (got > 0) {
             total += got;
+            if ((size_t)got < room) /* a stream socket that gave less is empty: */
+                return total;   /* asking again would only cost an EAGAIN */
             continue;
         }
         if (got == -EAGAIN || got == -ENOBUFS)
@@ -90,7 +93,31 @@ static size_t server_header(unsigned char *h, int opcode, uint64_t len)
     return 10;
 }
 
+/* An incomplete text frame's payload so far (masked, `have` bytes): 0 once it
+ * holds a byte that cannot be UTF-8, so the message fails without waiting for
+ * the rest (RFC 6455 8.1), as in the framer.  Read only: the bytes are
+ * unmasked into a scratch buffer, the frame stays as it came until complete. */
+static int text_so_far_valid(const unsigned char *payload, size_t have, uint32_t key)
+{
+    unsigned char scratch[256];
+    uint32_t state = UTF8_ACCEPT;
+    for (size_t done = 0; done < have;) {
+        size_t n = have - done < sizeof scratch ? have - done : sizeof scratch;
+        ws_mask_copy(scratch, payload + done, n, key, done);
+        if (utf8_validate(&state, scratch, n) != n)
+            return 0;
+        done += n;
+    }
+    return 1;
+}
+
+static uint32_t mask_key(const unsigned char *k)
+{
+    return (uint32_t)k[0] | (uint32_t)k[1] << 8 | (uint32_t)k[2] << 16 | (uint32_t)k[3] << 24;
+}
+
 /* The frame at the head of `p` (avail bytes): WSECHO_WAIT if incomplete,
+ * WSECHO_BAD_UTF8 if an incomplete text frame is invalid already,
  * WSECHO_SLOW if not plain, else -1 with its layout filled in. */
 static long classify(const unsigned char *p, size_t avail, size_t cap, size_t max_message,
                      size_t *hdr, uint64_t *len)
@@ -121,8 +148,12 @@ static long classify(const unsigned char *p, size_t avail, size_t cap, size_t ma
     }
     if (n > max_message || *hdr + n > cap)
         return WSECHO_SLOW; /* too big to echo in place: the framer streams it */
-    if (avail < *hdr + n)
+    if (avail < *hdr + n) {
+        if (op == OP_TEXT && avail > *hdr &&
+            !text_so_far_valid(p + *hdr, avail - *hdr, mask_key(p + *hdr - 4)))
+            return WSECHO_BAD_UTF8;
         return WSECHO_WAIT;
+    }
     *len = n;
     return -1;
 }
@@ -154,12 +185,10 @@ long wsecho_pump(tls_conn *c, ring *plain, struct wsecho *st, int flags)
         long kind = classify(p, iov[0].iov_len, cap, st->max_message, &hdr, &len);
         if (kind == WSECHO_WAIT)
             return ended; /* an incomplete frame; or a split view (not mirrored): wait */
-        if (kind == WSECHO_SLOW)
-            return WSECHO_SLOW;
+        if (kind == WSECHO_SLOW || kind == WSECHO_BAD_UTF8)
+            return kind; /* BAD_UTF8: the caller fails the connection */
         int op = p[0] & 0x0f;
-        const unsigned char *k = p + hdr - 4;
-        uint32_t key = (uint32_t)k[0] | (uint32_t)k[1] << 8 | (uint32_t)k[2] << 16 |
-                       (uint32_t)k[3] << 24;
+        uint32_t key = mask_key(p + hdr - 4);
         unsigned char *payload = p + hdr;
         if (op == OP_TEXT) {
             uint32_t state = UTF8_ACCEPT;

@@ -3,10 +3,12 @@
  *
  * Level-triggered epoll: an event not handed to Python for lack of room in
  * its array is simply reported again by the next epoll_wait.  A hot
- * connection's input is served until it would block; an offloaded
- * connection keeps EPOLLIN while a worker has it (input then only sets
- * `more`: the worker's result decides what comes next), so dispatch costs
- * no epoll_ctl call.
+ * connection's input is served until it would block.  An offloaded
+ * connection keeps EPOLLIN while a worker has it, so a dispatch costs no
+ * epoll_ctl call: input arriving meanwhile is read into the incoming ring
+ * at once (the loop thread is that ring's producer while the worker
+ * consumes) and marks `more`; only an end of stream or a full ring, which
+ * would stay readable, stop the polling until the job is back.
  */
 #define _GNU_SOURCE
 #include "wsloop.h"
@@ -243,15 +245,17 @@ static void submit_batch(wsloop *l)
 }
 
 /* Readiness of a hot connection: 0 handled, else a status to report. */
-static long serve(wsloop *l, struct slot *s)
+static long serve(wsloop *l, int fd, struct slot *s)
 {
     if (l->mode == WSLOOP_INLINE)
         return run_inline(l, s);
+    long got = tls_fill(s->c);
     if (s->busy) { /* the worker's result decides what comes next */
         s->more = 1;
+        if (got == 0 || got == TLS_EOF || got == TLS_ERROR)
+            set_events(l, fd, s, 0); /* would stay readable: wait for the job */
         return 0;
     }
-    long got = tls_fill(s->c);
     if (got == TLS_ERROR)
         return TLS_ERROR;
     if (got == TLS_WANT_READ && !tls_has_pending(s->c))
@@ -270,11 +274,13 @@ static long complete(wsloop *l, struct offload_job *job)
     if (s == NULL || !s->busy)
         return 0;
     s->busy = 0;
+    if (s->events != (EPOLLIN | EPOLLRDHUP) && set_events(l, job->id, s, EPOLLIN | EPOLLRDHUP) != 0)
+        return TLS_ERROR;
     long r = settle(l, s, job->status);
     if (r != WSECHO_WAIT)
         return r;
     if (s->more || tls_has_pending(s->c))
-        queue_job(l, s); /* input came meanwhile: it may hold a message */
+        queue_job(l, s); /* input came meanwhile (or the end of it): the job sees it */
     return 0;
 }
 
@@ -307,7 +313,7 @@ int wsloop_poll(wsloop *l, int timeout_ms, struct wsloop_event *out, int max)
         struct slot *s = slot_of(l, fd);
         if (s != NULL && s->hot) {
             counter_add(&l->hot_events, 1);
-            long r = serve(l, s);
+            long r = serve(l, fd, s);
             if (r != 0) {
                 s->hot = 0;
                 n = report(out, n, fd, events, r);

@@ -1,4 +1,4 @@
-"""Command line: ``python -m wsstls bench|serve|copies`` (also installed as ``wsstls``)."""
+"""Command line: ``python -m wsstls bench|serve|copies|ring-bench`` (also the ``wsstls`` script)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,16 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("bench", help="the benchmark ('wsstls bench --help')", add_help=False)
     sub.add_parser("serve", help="the WSS echo server ('wsstls serve --help')", add_help=False)
     sub.add_parser("copies", help="the copy ledger ('wsstls copies --help')", add_help=False)
+    sub.add_parser("ring-bench", help="the ring microbenchmark", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command in (None, "bench"):
-        from .ringbench import main as bench_main
+        from .bench import main as bench_main
 
         return bench_main(rest)
+    if args.command == "ring-bench":
+        from .ringbench import main as ring_main
+
+        return ring_main(rest)
     if args.command == "serve":
         from .server import main as serve_main
 

@@ -165,6 +165,7 @@ struct loadgen_config {
     int cpu;
     int *stop;
     uint64_t seed;
+    int *phase;
 };
 struct loadgen_result {
     uint64_t messages;
@@ -189,6 +190,7 @@ struct loadgen_result {
     char error[256];
 };
 int loadgen_run(const struct loadgen_config *cfg, struct loadgen_result *out);
+int loadgen_phase(const int *phase);
 void loadgen_request_stop(int *flag);
 void loadgen_result_free(struct loadgen_result *r);
 int loadgen_percentiles(const struct loadgen_result *const *results, size_t n, const double *q,

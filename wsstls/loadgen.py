@@ -26,7 +26,7 @@ import ipaddress
 import math
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -203,6 +203,7 @@ def run(
     connect_timeout: float = 10.0,
     deadline: float | None = None,
     seed: int = 0,
+    on_window: Callable[[str], None] | None = None,
 ) -> LoadResult:
     """Run the echo benchmark against ``url`` and return the merged figures.
 
@@ -214,6 +215,10 @@ def run(
     connections to finish connecting and their handshakes.  ``deadline``:
     hard limit for the whole run in seconds (default: connect_timeout +
     warmup + duration + 5).  ``seed``: payloads and masks (0: random).
+    ``on_window``: called with "start" once every thread is measuring and
+    with "end" once every thread's window closed (within about a
+    millisecond of it, from the calling thread): e.g. to sample a server's
+    CPU time over exactly the measured window.
     """
     target = parse_url(url)
     connections = _int_arg(connections, "connections", 1, MAX_CONNECTIONS)
@@ -249,6 +254,7 @@ def run(
         return b
 
     stop = ffi.new("int *")
+    phases = ffi.new("int[]", threads)
     shares = [connections // threads + (i < connections % threads) for i in range(threads)]
     cfgs, outs = [], []
     for i in range(threads):
@@ -269,6 +275,7 @@ def run(
         cfg.deadline_ns = deadline_ns
         cfg.cpu = cpus[i]
         cfg.stop = stop
+        cfg.phase = phases + i
         cfg.seed = (seed + i * 0x9E3779B97F4A7C15) % (1 << 64) if seed else 0
         cfgs.append(cfg)
         outs.append(ffi.new("struct loadgen_result *"))
@@ -285,11 +292,22 @@ def run(
     try:
         for t in workers:
             t.start()
+        seen = 0  # 1: "start" reported, 3: "end" reported
         for t in workers:
             while t.is_alive():
                 if stop_event is not None and stop_event.is_set():
                     lib.loadgen_request_stop(stop)
-                t.join(0.02)
+                if on_window is not None:
+                    now = min(lib.loadgen_phase(phases + i) for i in range(threads))
+                    if now >= 2 and seen < 1:
+                        seen = 1
+                        on_window("start")
+                    if now >= 3 and seen < 3:
+                        seen = 3
+                        on_window("end")
+                t.join(0.001 if on_window is not None else 0.02)
+        if on_window is not None and seen == 1:
+            on_window("end")
     except BaseException:  # KeyboardInterrupt: stop the C loops, then let it through
         lib.loadgen_request_stop(stop)
         for t in workers:

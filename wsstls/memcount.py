@@ -21,8 +21,8 @@ __all__ = ["CLASSES", "KINDS", "Counter", "Counts", "preload_env", "shim_path"]
 
 #: Who made the call: the loaded object the caller's code is in.
 CLASSES = ("libssl", "libcrypto", "wsstls", "python", "libc", "other")
-#: What was counted: copies, read-side and write-side system calls.
-KINDS = ("copy", "read", "write")
+#: What was counted: copies, read-side and write-side system calls, epoll_wait calls.
+KINDS = ("copy", "read", "write", "poll")
 
 
 def shim_path() -> Path | None:

@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ._native import ffi, lib
+from .memcount import Counter
 from .ring import RingBuffer
 from .tls import TLSConnection, TLSContext, TLSError, Transport
 from .ws import Message, ServerConnection, State
@@ -110,6 +111,9 @@ class ServerStats:
     cpu_s: float = 0.0  # user + system of the process (all its threads)
     ledger: dict[str, int] = field(default_factory=dict)  # summed over connections
     loop: dict[str, int] = field(default_factory=dict)  # the C loop's counters
+    # With the copy-counting shim preloaded: what the window between SIGUSR1
+    # and SIGUSR2 counted, "kind:library" -> [calls, bytes] (see wsstls.copies).
+    memcount: dict[str, list[int]] = field(default_factory=dict)
 
     def add_ledger(self, ledger: Any) -> None:
         for f in fields(ledger):
@@ -486,8 +490,8 @@ class Server:
             if ws.state is State.CLOSED:
                 conn.phase = _Phase.CLOSING
                 return
-            if conn.phase is not _Phase.OPEN or not self._fast(conn) or not len(plain):
-                return
+            if conn.phase is not _Phase.OPEN or not self._fast(conn) or not len(plain) or n == 0:
+                return  # (n == 0: an incomplete frame the framer waits on; it is not plain)
             # Between messages again with bytes left: the fast path takes them.
             status = _pump(conn.c, conn.plain_r, conn.echo, _ECHO)
             if status != _SLOW:
@@ -698,6 +702,18 @@ def _serve_one(
     _pin(config.cpus, index)
     server = Server(config, context, sock)
     old = {s: signal.signal(s, lambda *_: server.stop()) for s in (signal.SIGINT, signal.SIGTERM)}
+    if Counter.available():  # preloaded by a benchmark: count copies between signals
+        counter = Counter()
+
+        def window_end(*_: object) -> None:
+            counts = counter.stop()
+            server.stats.memcount = {
+                f"{kind}:{cls}": [n, counts.bytes[(kind, cls)]]
+                for (kind, cls), n in counts.calls.items()
+            }
+
+        old[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda *_: counter.start())
+        old[signal.SIGUSR2] = signal.signal(signal.SIGUSR2, window_end)
     try:
         stats = server.serve_forever(ready)
     finally:
