@@ -11,8 +11,14 @@ memcount = Extension(
     "wsstls._memcount",
     sources=["csrc/memcount.c"],
     # -fno-builtin: this file defines memcpy & co.; no fortify wrappers either.
-    extra_compile_args=["-std=c11", "-Wall", "-Wextra", "-Werror", "-fno-builtin",
-                        "-U_FORTIFY_SOURCE"],  # fmt: skip
+    extra_compile_args=[
+        "-std=c11",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-fno-builtin",
+        "-U_FORTIFY_SOURCE",
+    ],
     libraries=["dl"],
 )
 

@@ -1,7 +1,8 @@
 """cffi builder (API, out-of-line mode): csrc/*.c -> the extension ``wsstls._native``.
 
 ``setup.py`` names ``ffibuilder`` in ``cffi_modules``.  Run this file directly to
-build the extension in place (``python wsstls/_build.py``).  Environment:
+rebuild the extension in place after a C change (``python wsstls/_build.py``);
+``pip install -e .`` does the same.  Environment:
 
 - ``WSSTLS_SANITIZE=1`` compiles with AddressSanitizer + UBSan (any UB aborts);
   load the result with ``LD_PRELOAD=$(gcc -print-file-name=libasan.so)``.
@@ -282,5 +283,9 @@ ffibuilder.set_source(
 )
 
 if __name__ == "__main__":
+    # The file name pip gives it (cffi builds for the stable ABI), so an
+    # in-place build replaces an installed one instead of shadowing it.
     os.chdir(ROOT)
-    ffibuilder.compile(tmpdir=str(ROOT), verbose=True)
+    for stale in (ROOT / "wsstls").glob("_native.cpython-*.so"):
+        stale.unlink()
+    ffibuilder.compile(tmpdir=str(ROOT), target="_native.abi3.so", verbose=True)
