@@ -465,7 +465,8 @@ def _plot(path: str, res: dict[tuple[str, int, int], Run], designs: list[str],
         raise SystemExit("--plot needs matplotlib: pip install 'wsstls[plot]'") from None
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     for d in designs:
-        by_size = [(s, res[(d, base_conns, s)]) for s in sizes if (d, base_conns, s) in res]
+        measured = sorted({s for (dd, c, s) in res if dd == d and c == base_conns})
+        by_size = [(s, res[(d, base_conns, s)]) for s in measured]
         by_conn = [(c, res[(d, c, 64)]) for c in conns if (d, c, 64) in res]
         if by_size:
             xs = [s for s, _ in by_size]
