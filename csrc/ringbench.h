@@ -16,8 +16,10 @@
  * short or msg exceeds the ring. */
 uint64_t ringbench_pairs(ring *r, size_t msg, size_t iters, size_t start);
 
-/* The same loop through the simplest correct power-of-two ring: no atomics,
- * no counters, no mirrored mode; one call per operation. */
-uint64_t ringbench_minimal_pairs(size_t cap, size_t msg, size_t iters, size_t start);
+/* The same loop through the simplest correct power-of-two ring (no atomics,
+ * no counters, no mirrored mode; one call per operation) working on r's own
+ * data area and the same source and destination buffers, so the two loops
+ * copy between the same addresses and only the ring logic differs. */
+uint64_t ringbench_minimal_pairs(ring *r, size_t msg, size_t iters, size_t start);
 
 #endif

@@ -66,7 +66,7 @@ size_t ring_data_span(const ring *r);
 
 RINGBENCH_CDEF = """
 uint64_t ringbench_pairs(ring *r, size_t msg, size_t iters, size_t start);
-uint64_t ringbench_minimal_pairs(size_t cap, size_t msg, size_t iters, size_t start);
+uint64_t ringbench_minimal_pairs(ring *r, size_t msg, size_t iters, size_t start);
 """
 
 WSMASK_CDEF = """

@@ -675,7 +675,10 @@ def _peers(a: argparse.Namespace, cert: str, key: str, conns: int) -> list[tuple
     names = ["picows_echo", "websockets_echo", "aiohttp_echo", "asyncio_echo"]
     for tls in (True, False):
         for name in names:
-            label = f"{name.removesuffix('_echo')} ({'wss' if tls else 'ws'})"
+            peer = name.removesuffix("_echo")
+            if peer == "picows":  # its default TLS: aiofastnet, libssl over its own memory BIO
+                peer = "picows+aiofastnet"
+            label = f"{peer} ({'wss' if tls else 'ws'})"
             try:
                 srv = _Process(label, _peer_cmd(where / f"{name}.py", tls, cert, key))
             except RuntimeError as exc:

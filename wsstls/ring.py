@@ -50,6 +50,8 @@ _write = lib.ring_write
 _read = lib.ring_read
 _peek = lib.ring_peek
 _len = lib.ring_len
+_readable_spans = lib.ring_readable_spans
+_consume = lib.ring_consume
 _from_buffer = ffi.from_buffer
 _CHARS = ffi.typeof("char[]")  # resolved once: a cdecl string costs a parse per call
 
@@ -260,23 +262,26 @@ class RingBuffer:
 
     def _take(self, n: object, consume: bool) -> bytes:
         """read/peek from views: one copy, by bytes.join, into the result."""
-        r = self._check()
-        n = -1 if n is None else _index(n, "n")
+        r = self._r
+        if r is None:
+            self._check()
+        if type(n) is not int:
+            n = -1 if n is None else _index(n, "n")
+        cap = self._cap
         spans = self._rspans
-        segs = lib.ring_readable_spans(r, min(n, self._cap) if n >= 0 else self._cap, spans)
-        mem = self._mem
-        assert mem is not None
+        segs = _readable_spans(r, n if 0 <= n < cap else cap, spans)
         if segs == 0:
             return b""
-        first = mem[spans[0] : spans[0] + spans[1]]
+        mem = self._mem
+        off, first = spans[0], spans[1]
         if segs == 1:
-            data = first.tobytes()
+            data = mem[off : off + first].tobytes()  # type: ignore[index]
         else:
-            data = b"".join((first, mem[: spans[3]]))
+            data = b"".join((mem[off : off + first], mem[: spans[3]]))  # type: ignore[index]
         self._py_copies += segs
         self._py_bytes += len(data)
         if consume:
-            lib.ring_consume(r, len(data))
+            _consume(r, len(data))
         return data
 
     def readinto(self, buffer: Buffer) -> int:

@@ -177,7 +177,7 @@ def bench_c_floor(sizes: tuple[int, ...], rounds: int) -> list[Row]:
                         t0 = time.perf_counter()
                         a = lib.ringbench_pairs(raw, size, iters, start)
                         t1 = time.perf_counter()
-                        b = lib.ringbench_minimal_pairs(cap, size, iters, start)
+                        b = lib.ringbench_minimal_pairs(raw, size, iters, start)
                         t2 = time.perf_counter()
                         if a != b or a == 2**64 - 1:
                             raise RuntimeError(f"C loops disagree ({a} != {b})")
