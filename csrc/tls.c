@@ -685,16 +685,20 @@ static int ssl_status(tls_conn *c, int ret)
 
 long tls_flush(tls_conn *c)
 {
-    if (c->dead)
-        return TLS_ERROR;
     if (c->fd < 0 || c->transport == TLS_FD)
-        return 0;
+        return c->dead ? TLS_ERROR : 0;
+    if (c->dead) { /* the alert OpenSSL queued is for the peer, as in flush_out */
+        if (tls_pending_out(c) > 0)
+            pump_out(c); /* best effort: the connection is dead either way */
+        return TLS_ERROR;
+    }
     return pump_out(c);
 }
 
 /* After an SSL call that may have produced records: send them, even after a
- * fatal error (tls_flush refuses then): the alert OpenSSL queued is for the
- * peer, which would otherwise wait for a handshake message forever. */
+ * fatal error (so does tls_flush, for TLS_CALLER_IO): the alert OpenSSL
+ * queued is for the peer, which would otherwise wait for a handshake message
+ * forever. */
 static int flush_out(tls_conn *c)
 {
     if (c->fd >= 0 && c->transport != TLS_FD && !(c->flags & TLS_CALLER_IO) &&

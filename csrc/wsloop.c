@@ -31,6 +31,7 @@ struct slot {
     struct offload_job *job;
     uint32_t events; /* as registered with epoll */
     unsigned watched : 1, hot : 1, busy : 1, more : 1;
+    unsigned kicked : 1; /* handed over with input in the TLS layer: serve it */
 };
 
 struct wsloop {
@@ -45,6 +46,7 @@ struct wsloop {
     size_t nslots;
     struct offload_job **batch;
     size_t nbatch;
+    size_t nkicked; /* slots with `kicked` set */
     struct offload_job *done[MAX_EVENTS];
     struct epoll_event ev[MAX_EVENTS];
     counter polls, hot_events, reported, dispatches, jobs;
@@ -110,14 +112,11 @@ static struct slot *grow_to(wsloop *l, int fd)
         if (s == NULL)
             return NULL;
         memset(s + l->nslots, 0, (n - l->nslots) * sizeof *s);
+        l->slots = s; /* the grown table is consistent from here on */
         /* Every slot might sit in a batch at once: size the batch alike. */
         struct offload_job **b = realloc(l->batch, n * sizeof *b);
-        if (b == NULL) {
-            l->slots = s; /* keep the grown table; it is consistent */
-            l->nslots = n;
-            return NULL;
-        }
-        l->slots = s;
+        if (b == NULL)
+            return NULL; /* nslots unchanged: the next call grows them again */
         l->batch = b;
         l->nslots = n;
     }
@@ -157,6 +156,8 @@ int wsloop_unwatch(wsloop *l, int fd)
     if (s->busy)
         return -EBUSY;
     int r = epoll_ctl(l->epfd, EPOLL_CTL_DEL, fd, NULL) == 0 ? 0 : -errno;
+    if (s->kicked)
+        l->nkicked--;
     memset(s, 0, sizeof *s);
     return r;
 }
@@ -174,7 +175,14 @@ int wsloop_hot(wsloop *l, int fd, tls_conn *c, ring *plain, struct wsecho *st,
     s->job = job;
     s->more = 0;
     s->hot = 1;
-    return set_events(l, fd, s, EPOLLIN | EPOLLRDHUP);
+    int r = set_events(l, fd, s, EPOLLIN | EPOLLRDHUP);
+    if (r == 0 && c != NULL && !s->kicked && tls_has_pending(c)) {
+        /* Input taken from the socket already (say, while a job ran, or
+         * before the framer's turn): no readiness will come for it. */
+        s->kicked = 1;
+        l->nkicked++;
+    }
+    return r;
 }
 
 int wsloop_busy(wsloop *l, int fd)
@@ -209,8 +217,9 @@ static long run_inline(wsloop *l, struct slot *s)
         long r = settle(l, s, wsecho_pump(s->c, s->plain, s->st, WSECHO_READ | WSECHO_ECHO));
         if (r != WSECHO_WAIT)
             return r;
-        if (s->c == NULL || ring_writable(s->plain) == 0 || !tls_has_pending(s->c))
-            return 0;
+        if (s->c == NULL || ring_writable(s->plain) == 0 || s->st->read_status <= 0 ||
+            !tls_has_pending(s->c))
+            return 0; /* (nothing read: what is buffered waits for the socket) */
     }
     return 0;
 }
@@ -279,8 +288,12 @@ static long complete(wsloop *l, struct offload_job *job)
     long r = settle(l, s, job->status);
     if (r != WSECHO_WAIT)
         return r;
-    if (s->more || tls_has_pending(s->c))
-        queue_job(l, s); /* input came meanwhile (or the end of it): the job sees it */
+    /* Again if input came meanwhile (or the end of it), or if the job read
+     * and more is buffered (it stops at a full plaintext ring).  Not when it
+     * could read nothing: what is buffered is an incomplete record, and only
+     * the socket can complete it. */
+    if (s->more || (s->st->read_status >= 0 && tls_has_pending(s->c)))
+        queue_job(l, s);
     return 0;
 }
 
@@ -292,13 +305,35 @@ static int report(struct wsloop_event *out, int n, int fd, uint32_t events, long
     return n + 1;
 }
 
+/* Serve the kicked hot connections as if readable, once each, with the room
+ * left in `out`; the others stay kicked for the next poll. */
+static int serve_kicked(wsloop *l, struct wsloop_event *out, int n, int max)
+{
+    for (size_t fd = 0; fd < l->nslots && l->nkicked > 0 && n < max; fd++) {
+        struct slot *s = &l->slots[fd];
+        if (!s->kicked)
+            continue;
+        s->kicked = 0;
+        l->nkicked--;
+        if (!s->hot)
+            continue;
+        long r = serve(l, (int)fd, s);
+        if (r != 0) {
+            s->hot = 0;
+            n = report(out, n, (int)fd, EPOLLIN, r);
+        }
+    }
+    return n;
+}
+
 int wsloop_poll(wsloop *l, int timeout_ms, struct wsloop_event *out, int max)
 {
     if (max <= 0)
         return -EINVAL;
     /* Each epoll event and each finished job reports at most once: ask for no
      * more than there is room for, the rest stays pending. */
-    int ready = epoll_wait(l->epfd, l->ev, max < MAX_EVENTS ? max : MAX_EVENTS, timeout_ms);
+    int ready = epoll_wait(l->epfd, l->ev, max < MAX_EVENTS ? max : MAX_EVENTS,
+                           l->nkicked > 0 ? 0 : timeout_ms);
     counter_add(&l->polls, 1);
     if (ready < 0)
         return errno == EINTR ? 0 : -errno;
@@ -322,6 +357,8 @@ int wsloop_poll(wsloop *l, int timeout_ms, struct wsloop_event *out, int max)
             n = report(out, n, fd, events, WSLOOP_RAW);
         }
     }
+    if (l->nkicked > 0)
+        n = serve_kicked(l, out, n, max);
     if (pool_ready && n < max) { /* jobs beyond the room keep the eventfd readable */
         size_t done = offload_done(l->pool, l->done, (size_t)(max - n));
         for (size_t j = 0; j < done; j++) {

@@ -136,6 +136,7 @@ _WAIT, _SLOW, _BLOCKED, _BAD_UTF8 = (
     lib.WSECHO_BLOCKED,
     lib.WSECHO_BAD_UTF8,
 )
+_ENDED = (lib.TLS_CLOSED, lib.TLS_EOF, lib.TLS_ERROR)  # a read's end of the stream
 _pump = lib.wsecho_pump
 
 
@@ -229,6 +230,7 @@ class Server:
             lib.offload_free(self.pool)
             raise OSError(ffi.errno, "cannot create the event loop")
         self._events = ffi.new("struct wsloop_event[]", 1024)
+        self._again: list[_Conn] = []  # input left in the TLS layer by a bounded read
         for fd in (self.listener.fileno(), self._wake_r):
             self._check(lib.wsloop_watch(self.loop, fd, select.EPOLLIN), "watch")
 
@@ -262,7 +264,7 @@ class Server:
         next_sweep = time.monotonic() + 1.0
         try:
             while self.running:
-                n = poll(loop, 1000, events, 1024)
+                n = poll(loop, 0 if self._again else 1000, events, 1024)
                 if n < 0:
                     raise OSError(-n, f"epoll: {os.strerror(-n)}")
                 for i in range(n):
@@ -278,6 +280,8 @@ class Server:
                         self._accept()
                     elif fd == wake_fd:
                         self._drain_wake()
+                if self._again:
+                    self._resume()
                 now = time.monotonic()
                 if now >= next_sweep:
                     self._sweep(now)
@@ -285,6 +289,20 @@ class Server:
         finally:
             self._shutdown()
         return self.stats
+
+    def _resume(self) -> None:
+        """Read again for the connections whose input the TLS layer still holds after
+        their bounded turn (the socket will not signal it), the others having had theirs."""
+        again, self._again = self._again, []
+        for conn in again:
+            if self.conns.get(conn.fd) is not conn or not self._input_buffered(conn):
+                continue
+            try:
+                self._read_open(conn)
+            except (TLSError, OSError):
+                self._close(conn)
+            except Exception:
+                self._internal_error(conn)
 
     def _drain_wake(self) -> None:
         while True:
@@ -368,9 +386,10 @@ class Server:
         for _ in range(64):  # bounded: the socket is polled again after
             if self.caller_io:
                 lib.tls_fill(conn.c)
-            self._pump(conn, _READ | _ECHO if self._fast(conn) else _READ)
-            if not self._input_buffered(conn):
-                return
+            got = self._pump(conn, _READ | _ECHO if self._fast(conn) else _READ)
+            if got <= 0 or not self._input_buffered(conn):
+                return  # (nothing read: what is buffered waits for the socket)
+        self._again.append(conn)  # resumed after the next poll
 
     def _input_buffered(self, conn: _Conn) -> bool:
         """True when input already taken from the socket waits in the TLS layer (the
@@ -442,11 +461,14 @@ class Server:
     def _fast(self, conn: _Conn) -> bool:
         return self.cfg.fast_path and not conn.out and conn.ws.fast_path_ok
 
-    def _pump(self, conn: _Conn, flags: int) -> None:
+    def _pump(self, conn: _Conn, flags: int) -> int:
+        """One wsecho_pump, acted on; returns what its read brought (<= 0: nothing)."""
         status = _pump(conn.c, conn.plain_r, conn.echo, flags)
+        got: int = conn.echo.read_status
         if self.caller_io:
             conn.tls.flush()  # type: ignore[union-attr]
         self._status(conn, status, flags)
+        return got
 
     def _status(self, conn: _Conn, status: int, flags: int) -> None:
         """Act on a wsecho_pump result (the connection is cold: it is ours)."""
@@ -454,7 +476,11 @@ class Server:
             if not flags & _ECHO and len(conn.plain):
                 self._framer(conn)
         elif status == _SLOW:
+            ended = conn.echo.read_status in _ENDED  # (read first: the framer's pumps reset it)
             self._framer(conn)
+            if ended and conn.phase is _Phase.OPEN and conn.fd in self.conns:
+                self._close(conn)  # no more input: the frame the framer waits on never completes
+                return
         elif status == _BAD_UTF8:
             conn.plain.reset()  # the frame is garbage now; nothing after it is read
             conn.ws.fail(1007, "invalid UTF-8 in a text message")
@@ -567,7 +593,10 @@ class Server:
             conn.hot = True
             conn.events = _IN
         else:
+            resumed = conn.hot or conn.events != _IN  # reading again after a pause
             self._watch(conn, _IN)
+            if resumed and self._input_buffered(conn):
+                self._again.append(conn)  # input taken before the pause: no event will come
 
     def _drop_input(self, conn: _Conn) -> None:
         try:
