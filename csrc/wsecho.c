@@ -93,18 +93,18 @@ static size_t server_header(unsigned char *h, int opcode, uint64_t len)
     return 10;
 }
 
-/* An incomplete text frame's payload so far (masked, `have` bytes): 0 once it
- * holds a byte that cannot be UTF-8, so the message fails without waiting for
- * the rest (RFC 6455 8.1), as in the framer.  Read only: the bytes are
- * unmasked into a scratch buffer, the frame stays as it came until complete. */
-static int text_so_far_valid(const unsigned char *payload, size_t have, uint32_t key)
+/* More of an incomplete text frame's payload (masked; bytes [done, have) of
+ * it, the DFA in *state): 0 once a byte cannot be UTF-8, so the message fails
+ * without waiting for the rest (RFC 6455 8.1), as in the framer.  Read only:
+ * the bytes are unmasked into a scratch buffer, the frame stays as it came. */
+static int text_so_far_valid(const unsigned char *payload, size_t done, size_t have,
+                             uint32_t key, uint32_t *state)
 {
     unsigned char scratch[256];
-    uint32_t state = UTF8_ACCEPT;
-    for (size_t done = 0; done < have;) {
+    while (done < have) {
         size_t n = have - done < sizeof scratch ? have - done : sizeof scratch;
         ws_mask_copy(scratch, payload + done, n, key, done);
-        if (utf8_validate(&state, scratch, n) != n)
+        if (utf8_validate(state, scratch, n) != n)
             return 0;
         done += n;
     }
@@ -119,9 +119,10 @@ static uint32_t mask_key(const unsigned char *k)
 /* The frame at the head of `p` (avail bytes): WSECHO_WAIT if incomplete,
  * WSECHO_BAD_UTF8 if an incomplete text frame is invalid already,
  * WSECHO_SLOW if not plain, else -1 with its layout filled in. */
-static long classify(const unsigned char *p, size_t avail, size_t cap, size_t max_message,
+static long classify(const unsigned char *p, size_t avail, size_t cap, struct wsecho *st,
                      size_t *hdr, uint64_t *len)
 {
+    size_t max_message = st->max_message;
     if (avail < 2)
         return WSECHO_WAIT;
     int op = p[0] & 0x0f;
@@ -149,9 +150,14 @@ static long classify(const unsigned char *p, size_t avail, size_t cap, size_t ma
     if (n > max_message || *hdr + n > cap)
         return WSECHO_SLOW; /* too big to echo in place: the framer streams it */
     if (avail < *hdr + n) {
-        if (op == OP_TEXT && avail > *hdr &&
-            !text_so_far_valid(p + *hdr, avail - *hdr, mask_key(p + *hdr - 4)))
-            return WSECHO_BAD_UTF8;
+        if (op == OP_TEXT && avail > *hdr + st->text_done) {
+            if (st->text_done == 0)
+                st->text_state = UTF8_ACCEPT;
+            if (!text_so_far_valid(p + *hdr, st->text_done, avail - *hdr, mask_key(p + *hdr - 4),
+                                   &st->text_state))
+                return WSECHO_BAD_UTF8;
+            st->text_done = avail - *hdr;
+        }
         return WSECHO_WAIT;
     }
     *len = n;
@@ -167,8 +173,10 @@ long wsecho_pump(tls_conn *c, ring *plain, struct wsecho *st, int flags)
                          st->read_status == TLS_ERROR
                      ? st->read_status
                      : WSECHO_WAIT;
-    if (!(flags & WSECHO_ECHO))
+    if (!(flags & WSECHO_ECHO)) {
+        st->text_done = 0; /* the framer may take the frame at the head */
         return ended;
+    }
     if (st->pending_len > 0) {
         long r = finish_pending(c, plain, st);
         if (r <= 0)
@@ -182,9 +190,12 @@ long wsecho_pump(tls_conn *c, ring *plain, struct wsecho *st, int flags)
         unsigned char *p = iov[0].iov_base; /* mirrored: all readable bytes */
         size_t hdr = 0;
         uint64_t len = 0;
-        long kind = classify(p, iov[0].iov_len, cap, st->max_message, &hdr, &len);
+        long kind = classify(p, iov[0].iov_len, cap, st, &hdr, &len);
+        if (kind == WSECHO_WAIT && ended == WSECHO_WAIT)
+            return WSECHO_WAIT; /* an incomplete frame: the only way the cache lives on */
+        st->text_done = 0; /* from here on the head frame is complete, or not ours */
         if (kind == WSECHO_WAIT)
-            return ended; /* an incomplete frame; or a split view (not mirrored): wait */
+            return ended;
         if (kind == WSECHO_SLOW || kind == WSECHO_BAD_UTF8)
             return kind; /* BAD_UTF8: the caller fails the connection */
         int op = p[0] & 0x0f;

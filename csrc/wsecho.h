@@ -50,6 +50,12 @@ struct wsecho {
     size_t pending_skip;  /* bytes before the server header within it */
     size_t pending_len;   /* server header + payload */
     size_t pending_sent;  /* of which SSL_write has accepted */
+    /* The incomplete text frame at the ring's head, validated so far: it stays
+     * masked and unchanged until complete, so each call checks only what is
+     * new (a frame trickled in byte by byte costs linear time, not
+     * quadratic).  text_done == 0: nothing cached. */
+    size_t text_done;
+    uint32_t text_state;
 };
 
 /* One call per readable event.  Returns an enum wsecho_status, or a TLS
