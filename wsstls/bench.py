@@ -118,8 +118,9 @@ class _Process:
         )
         line = self._ready_line(30.0)
         if not line.startswith("listening on "):
-            self.stop()
-            raise RuntimeError(f"{name}: did not start ({line!r}): {self.stderr()}")
+            code, err = self.stop()
+            tail = err.strip()[-800:]
+            raise RuntimeError(f"{name}: did not start ({line!r}, exit {code}): {tail}")
         self.url = line.split()[-1]
 
     def _ready_line(self, timeout: float) -> str:
@@ -144,9 +145,6 @@ class _Process:
 
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
-
-    def stderr(self) -> str:
-        return ""  # collected by stop()
 
     def stop(self) -> tuple[int | None, str]:
         if self.proc.poll() is None:

@@ -206,10 +206,7 @@ class Server:
         config.check()
         self.cfg = config
         if config.tls and context is None:
-            if config.certfile is not None and config.keyfile is not None:
-                context = TLSContext(True, certfile=config.certfile, keyfile=config.keyfile)
-            else:
-                context = TLSContext.server_self_signed("localhost")
+            context = server_context(config)
         self.context = context if config.tls else None
         self.listener = sock if sock is not None else listen(config)
         self.listener.setblocking(False)
@@ -533,35 +530,28 @@ class Server:
         if conn.out:
             conn.out += data
             return
-        tls = conn.tls
-        if tls is None:
-            try:
-                sent = conn.sock.send(data)
-            except BlockingIOError:
-                sent = 0
-        else:
-            sent = tls.write(data)
-            if self.caller_io:
-                tls.flush()
+        sent = self._transmit(conn, data)
         if sent < len(data):
             conn.out = bytearray(memoryview(data)[sent:])
 
     def _flush(self, conn: _Conn) -> None:
-        tls = conn.tls
-        if tls is not None:
-            tls.flush()
+        if conn.tls is not None:
+            conn.tls.flush()
         if conn.out:
-            out = conn.out
-            if tls is None:
-                try:
-                    sent = conn.sock.send(out)
-                except BlockingIOError:
-                    sent = 0
-            else:
-                sent = tls.write(out)
-                if self.caller_io:
-                    tls.flush()
-            del out[:sent]
+            del conn.out[: self._transmit(conn, conn.out)]
+
+    def _transmit(self, conn: _Conn, data: bytes | bytearray) -> int:
+        """Hand bytes to the socket or TLS (and, offloading, on to the socket): the count taken."""
+        tls = conn.tls
+        if tls is None:
+            try:
+                return conn.sock.send(data)
+            except BlockingIOError:
+                return 0
+        sent = tls.write(data)
+        if self.caller_io:
+            tls.flush()
+        return sent
 
     def _output_pending(self, conn: _Conn) -> bool:
         return bool(
@@ -663,6 +653,13 @@ class Server:
         os.close(self._wake_w)
 
 
+def server_context(config: ServerConfig) -> TLSContext:
+    """The configured certificate, or a fresh in-memory self-signed one (RSA 2048)."""
+    if config.certfile is not None and config.keyfile is not None:
+        return TLSContext(True, certfile=config.certfile, keyfile=config.keyfile)
+    return TLSContext.server_self_signed("localhost")
+
+
 def _cpu_seconds() -> float:
     t = os.times()
     return t.user + t.system
@@ -709,12 +706,7 @@ def serve(
     """
     config.check()
     _raise_nofile()
-    context = None
-    if config.tls:
-        if config.certfile is not None and config.keyfile is not None:
-            context = TLSContext(True, certfile=config.certfile, keyfile=config.keyfile)
-        else:
-            context = TLSContext.server_self_signed("localhost")
+    context = server_context(config) if config.tls else None
     if config.workers == 1:
         return _serve_one(config, context, None, 0, ready, stats_file)
     return _serve_many(config, context, ready, stats_file)

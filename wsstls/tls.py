@@ -27,7 +27,7 @@ import os
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, NoReturn
 
 from ._native import ffi, lib
 from .ring import Buffer, RingBuffer, _c_buffer, _fileno, _index
@@ -393,11 +393,25 @@ class TLSConnection:
 
     # ------------------------------------------------------------ errors
 
-    def _raise(self, status: int) -> None:
+    def _raise(self, status: int) -> NoReturn:
         message = ffi.string(lib.tls_conn_error(self._c)).decode("utf-8", "replace")
         if status == _EOF:
             raise TLSEOFError(message or "the transport ended without close_notify")
         raise TLSError(message or f"TLS error (status {status})")
+
+    def _read_status(self, status: int) -> int | None:
+        """A read's status: None to wait, 0 for close_notify, else raises."""
+        if status == _WANT_READ or status == _WANT_WRITE:
+            return None
+        if status == _CLOSED:
+            return 0
+        self._raise(status)
+
+    def _write_status(self, status: int) -> int:
+        """A write's status: 0 to wait, else raises."""
+        if status == _WANT_WRITE or status == _WANT_READ:
+            return 0
+        self._raise(status)
 
     def _live(self) -> Any:
         if self._c is None:
@@ -419,7 +433,6 @@ class TLSConnection:
         if status in (_WANT_READ, _WANT_WRITE):
             return False
         self._raise(status)
-        raise AssertionError("unreachable")
 
     @property
     def handshake_done(self) -> bool:
@@ -445,27 +458,13 @@ class TLSConnection:
             if ring._r is None:
                 raise ValueError("read_into: the ring is closed") from None
             raise
-        if got >= 0:
-            return got
-        if got == _WANT_READ or got == _WANT_WRITE:
-            return None
-        if got == _CLOSED:
-            return 0
-        self._raise(got)
-        raise AssertionError("unreachable")
+        return got if got >= 0 else self._read_status(got)
 
     def readinto(self, buffer: Buffer) -> int | None:
         """Decrypt into a writable buffer: bytes, None (want read), 0 (close_notify)."""
         dst = _c_buffer(buffer, "buffer", writable=True)
         got = lib.tls_read(self._live(), dst, len(dst))
-        if got >= 0:
-            return got
-        if got == _WANT_READ or got == _WANT_WRITE:
-            return None
-        if got == _CLOSED:
-            return 0
-        self._raise(got)
-        raise AssertionError("unreachable")
+        return got if got >= 0 else self._read_status(got)
 
     def read(self, n: int = 16384) -> bytes | None:
         """Decrypt up to ``n`` bytes: bytes, None (want read), b"" (close_notify)."""
@@ -492,12 +491,7 @@ class TLSConnection:
         except TypeError:
             self._live()
             raise
-        if put >= 0:
-            return put
-        if put == _WANT_WRITE or put == _WANT_READ:
-            return 0
-        self._raise(put)
-        raise AssertionError("unreachable")
+        return put if put >= 0 else self._write_status(put)
 
     def write_from(self, ring: RingBuffer, n: int = -1) -> int:
         """Encrypt (and send) up to ``n`` readable bytes of ``ring`` (all when n < 0)
@@ -515,12 +509,7 @@ class TLSConnection:
             if ring._r is None:
                 raise ValueError("write_from: the ring is closed") from None
             raise TypeError(f"n must be an int, not {type(n).__name__}") from None
-        if put >= 0:
-            return put
-        if put == _WANT_WRITE or put == _WANT_READ:
-            return 0
-        self._raise(put)
-        raise AssertionError("unreachable")
+        return put if put >= 0 else self._write_status(put)
 
     def fill(self) -> int | None:
         """Read what the socket holds into the incoming ring (``ring``): bytes,
@@ -538,12 +527,7 @@ class TLSConnection:
     def flush(self) -> int:
         """Send queued ciphertext: bytes sent (0: nothing sent, see ``pending_out``)."""
         sent = lib.tls_flush(self._live())
-        if sent >= 0:
-            return sent
-        if sent == _WANT_WRITE:
-            return 0
-        self._raise(sent)
-        raise AssertionError("unreachable")
+        return sent if sent >= 0 else self._write_status(sent)
 
     @property
     def pending_out(self) -> int:
@@ -565,7 +549,6 @@ class TLSConnection:
         if status in (_WANT_READ, _WANT_WRITE):
             return False
         self._raise(status)
-        raise AssertionError("unreachable")
 
     # ----------------------------------------------------------- sans-IO
 
