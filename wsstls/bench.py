@@ -44,8 +44,14 @@ from .tls import self_signed
 
 __all__ = ["DESIGNS", "Design", "main"]
 
-CLIENT_CPU = 0
-SERVER_CPU = 1
+
+def _cpu_pair() -> tuple[int | None, int | None]:
+    """(client, server) CPUs: the first two this process may run on, or no pinning."""
+    allowed = sorted(os.sched_getaffinity(0))
+    return (allowed[0], allowed[1]) if len(allowed) >= 2 else (None, None)
+
+
+CLIENT_CPU, SERVER_CPU = _cpu_pair()
 _HZ = os.sysconf("SC_CLK_TCK")
 
 
@@ -159,6 +165,9 @@ class _Process:
 
 def _serve_cmd(design: Design, cert: str, key: str, cpus: str, stats: str | None) -> list[str]:
     cmd = [sys.executable, "-m", "wsstls", "serve", "--port", "0", "--cpus", cpus, *design.args]
+    if SERVER_CPU is None:  # one CPU: nothing to keep apart
+        cmd.remove("--cpus")
+        cmd.remove(cpus)
     if design.tls:
         cmd += ["--cert", cert, "--key", key]
     if stats is not None:
@@ -168,7 +177,8 @@ def _serve_cmd(design: Design, cert: str, key: str, cpus: str, stats: str | None
 
 def _peer_cmd(script: Path, tls: bool, cert: str, key: str) -> list[str]:
     cmd = [sys.executable, str(script), "--host", "127.0.0.1", "--port", "0"]
-    cmd += ["--cpu", str(SERVER_CPU)]
+    if SERVER_CPU is not None:
+        cmd += ["--cpu", str(SERVER_CPU)]
     if tls:
         cmd += ["--tls", "--cert", cert, "--key", key]
     return cmd
@@ -533,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.duration <= 0 or a.warmup < 0 or a.repeat < 1:
         p.error("--duration > 0, --warmup >= 0 and --repeat >= 1")
     base_conns = 100 if 100 in conns else conns[0]
-    if os.cpu_count() and os.cpu_count() < 2:
+    if SERVER_CPU is None:
         _progress("warning: one CPU: server and client share it, figures describe both")
 
     if a.url:
@@ -566,10 +576,11 @@ def main(argv: list[str] | None = None) -> int:
         plan.add(big, [base_conns], [a.big])
 
     started = time.monotonic()
+    pinning = (f"server on CPU {SERVER_CPU}, client on CPU {CLIENT_CPU}" if SERVER_CPU is not None
+               else "server and client not pinned (one CPU)")  # fmt: skip
     print(f"wsstls bench - {platform.node()}: {os.cpu_count()} CPUs, Python "
-          f"{platform.python_version()}, {ssl.OPENSSL_VERSION}; server on CPU {SERVER_CPU}, "
-          f"client on CPU {CLIENT_CPU}; median of {a.repeat} x {a.duration:g} s per cell",
-          flush=True)  # fmt: skip
+          f"{platform.python_version()}, {ssl.OPENSSL_VERSION}; {pinning}; "
+          f"median of {a.repeat} x {a.duration:g} s per cell", flush=True)  # fmt: skip  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
         pair = self_signed("localhost", bits=2048)
@@ -578,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
         servers: dict[str, _Process] = {}
         try:
             for d in designs:
-                cpus = f"{SERVER_CPU},{CLIENT_CPU}" if not d.single else str(SERVER_CPU)
+                cpus = f"{SERVER_CPU},{CLIENT_CPU}" if not d.single else f"{SERVER_CPU}"
                 servers[d.name] = _Process(d.name, _serve_cmd(d, cert, key, cpus, None))
             _progress(f"{len(servers)} servers up; {len(plan.cells)} cells x {a.repeat} runs")
             res = _run_plan(plan, servers, a.repeat, a.duration, a.warmup)
