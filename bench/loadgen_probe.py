@@ -10,11 +10,11 @@ load: what it would do with a whole core).  Whichever side is near 1.0 core satu
         [--client-cpu 0] [--server-cpu 1] [--peer picows_echo] [--schemes ws,wss]
     python bench/loadgen_probe.py --url wss://127.0.0.1:9001/   # a server started elsewhere
 
-The server's CPU is read from /proc over the whole run (setup and warm-up included), the
-client's over the measured window only (getrusage of its thread: softirq time the kernel
-accounts separately is not in it).  "other load" is what else kept the two CPUs busy (other
-processes): when it is not near 0 the machine was shared and msg/s is not a ceiling - the CPU
-time per round trip still is.  Medians over the repeats are printed last.
+The server's CPU is read from /proc and the client's from getrusage of its thread, both over
+the measured window only (softirq time the kernel accounts separately is in neither).  "other
+load" is what else kept the two CPUs busy (other processes): when it is not near 0 the machine
+was shared and msg/s is not a ceiling - the CPU time per round trip still is.  Medians over
+the repeats are printed last.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from wsstls.bench import process_cpu_seconds  # noqa: E402
 from wsstls.loadgen import LoadResult, run  # noqa: E402
 from wsstls.tls import self_signed  # noqa: E402
 
@@ -50,13 +51,6 @@ def cpu_busy_s() -> dict[int, float]:
                 t = [int(x) for x in ticks]
                 busy[int(name[3:])] = (sum(t[:8]) - t[3] - t[4]) / TICK
     return busy
-
-
-def proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (all its threads)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
 
 
 class Peer:
@@ -98,8 +92,12 @@ class Sample:
 
 
 def one_run(url: str, pid: int | None, args: argparse.Namespace) -> Sample:
-    busy0 = cpu_busy_s()
-    cpu0, t0 = (proc_cpu_s(pid) if pid else 0.0), time.monotonic()
+    marks: dict[str, tuple[float, float, dict[int, float]]] = {}
+
+    def window(what: str) -> None:
+        cpu = process_cpu_seconds(pid) if pid else 0.0
+        marks[what] = (time.monotonic(), cpu, cpu_busy_s())
+
     r = run(
         url,
         connections=args.connections,
@@ -108,10 +106,11 @@ def one_run(url: str, pid: int | None, args: argparse.Namespace) -> Sample:
         warmup=args.warmup,
         threads=args.threads,
         cpu=args.client_cpu,
+        on_window=window,
     )
-    wall = time.monotonic() - t0
-    server = (proc_cpu_s(pid) - cpu0) / wall if pid else float("nan")
-    busy1 = cpu_busy_s()
+    (t0, cpu0, busy0), (t1, cpu1, busy1) = marks["start"], marks["end"]
+    wall = t1 - t0
+    server = (cpu1 - cpu0) / wall if pid else float("nan")
 
     def load(cpu: int | None) -> float:
         return (busy1[cpu] - busy0[cpu]) / wall if cpu in busy0 else float("nan")

@@ -97,7 +97,8 @@ DESIGNS = ("inline", "offload", "batched", "threshold", "workers", "ws")
 # ------------------------------------------------------------------ processes
 
 
-def _proc_cpu(pid: int) -> float:
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads), from /proc."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _HZ
@@ -144,7 +145,7 @@ class _Process:
         total = 0.0
         for pid in (self.proc.pid, *_children(self.proc.pid)):
             try:
-                total += _proc_cpu(pid)
+                total += process_cpu_seconds(pid)
             except OSError:
                 pass
         return total
