@@ -1,6 +1,6 @@
 """How fast can the load generator go?  Its own ceiling against the fastest echo server here.
 
-Starts a peer echo server from bench/peers/ (default: picows on uvloop, the fastest Python
+Starts a peer echo server from wsstls/measure/peers/ (default: picows on uvloop, the fastest Python
 server available) pinned to one CPU, runs wsstls's load generator pinned to another, over
 ws:// and wss://, and prints per run: messages/s, the client's CPU load (cores) and CPU time
 per round trip, the server's CPU load, and the client's implied ceiling (msg/s divided by its
@@ -33,11 +33,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from wsstls.bench import process_cpu_seconds  # noqa: E402
 from wsstls.loadgen import LoadResult, run  # noqa: E402
+from wsstls.measure.bench import process_cpu_seconds  # noqa: E402
 from wsstls.tls import self_signed  # noqa: E402
 
-PEERS = ROOT / "bench" / "peers"
+PEERS = ROOT / "wsstls" / "measure" / "peers"
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -138,7 +138,7 @@ def report(scheme: str, sample: Sample) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--url", help="probe this server instead of starting a peer")
-    p.add_argument("--peer", default="picows_echo", help="script in bench/peers/")
+    p.add_argument("--peer", default="picows_echo", help="script in wsstls/measure/peers/")
     p.add_argument("--loop", default="uvloop", choices=("uvloop", "asyncio"))
     p.add_argument("--schemes", default="ws,wss")
     p.add_argument("--connections", type=int, default=100)

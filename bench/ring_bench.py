@@ -1,7 +1,7 @@
-"""Ring benchmark (see wsstls/ringbench.py): python bench/ring_bench.py [--json FILE]."""
+"""Ring benchmark (see wsstls/measure/ringbench.py): python bench/ring_bench.py [--json FILE]."""
 
 import sys
 
-from wsstls.ringbench import main
+from wsstls.measure.ringbench import main
 
 sys.exit(main())

@@ -23,8 +23,8 @@ import subprocess
 import sys
 import time
 
+from wsstls.measure.paths import PATHS, VARIANTS, make_path
 from wsstls.tls import self_signed
-from wsstls.tlspaths import PATHS, VARIANTS, make_path
 
 BASELINES = ("stdlib-socket", "stdlib-memorybio")
 

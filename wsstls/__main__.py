@@ -15,19 +15,19 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("ring-bench", help="the ring microbenchmark", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command in (None, "bench"):
-        from .bench import main as bench_main
+        from .measure.bench import main as bench_main
 
         return bench_main(rest)
     if args.command == "ring-bench":
-        from .ringbench import main as ring_main
+        from .measure.ringbench import main as ring_main
 
         return ring_main(rest)
     if args.command == "serve":
-        from .server import main as serve_main
+        from .server.cli import main as serve_main
 
         return serve_main(rest)
     if args.command == "copies":
-        from .copies import main as copies_main
+        from .measure.ledger import main as copies_main
 
         return copies_main(rest)
     parser.error(f"unknown command {args.command!r}")

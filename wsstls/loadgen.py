@@ -4,7 +4,7 @@ The method is the seed report's Go client (gorilla/websocket): every connection
 sends one message of ``size`` bytes (binary, or text), waits for the echo,
 checks it byte for byte and sends the next.  Only round trips completed in the
 measured window - after the connections are set up and ``warmup`` seconds have
-passed - are counted.  See ``csrc/loadgen.h`` for the event loop (one
+passed - are counted.  See ``csrc/loadgen/loadgen.h`` for the event loop (one
 level-triggered epoll per thread), failure accounting and the close sequence.
 
 ``threads`` > 1 splits the connections over that many Python threads, each

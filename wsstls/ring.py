@@ -1,4 +1,4 @@
-"""RingBuffer: the C byte ring (csrc/ring.c) behind a thin Python API.
+"""RingBuffer: the C byte ring (csrc/core/ring.c) behind a thin Python API.
 
 Each operation is one cffi call on its hot path.  A cffi call with three
 arguments costs about as much as a whole ``ssl.MemoryBIO`` write+read, so the

@@ -1,4 +1,4 @@
-"""TLS contexts and sans-IO connections over the C core (csrc/tls.c, csrc/ringbio.c).
+"""TLS contexts and sans-IO connections over the C core (csrc/core/tls.c, csrc/core/ringbio.c).
 
 A ``TLSConnection`` runs over one of four transports, selectable for
 side-by-side measurement:
@@ -295,7 +295,7 @@ class TLSContext:
 
 @dataclass(frozen=True)
 class TLSLedger:
-    """What one connection moved, as counted by wsstls (see csrc/tls.h)."""
+    """What one connection moved, as counted by wsstls (see csrc/core/tls.h)."""
 
     rx_syscalls: int
     rx_bytes: int

@@ -1,0 +1,226 @@
+/*
+ * wsecho.c - the echo server's hot path (see wsecho.h).
+ */
+#define _GNU_SOURCE
+#include "wsecho.h"
+
+#include <errno.h>
+#include <sys/socket.h>
+
+#include "core/utf8.h"
+#include "core/wsmask.h"
+
+enum { OP_TEXT = 1, OP_BINARY = 2 };
+
+/* Receive into the plaintext ring: TLS, or (c == NULL) the plain socket
+ * read until it is drained or the ring is full. */
+static long receive(tls_conn *c, ring *plain, struct wsecho *st)
+{
+    if (c != NULL)
+        return tls_read_ring(c, plain);
+    long total = 0;
+    for (;;) {
+        size_t room = ring_writable(plain);
+        ssize_t got = ring_read_fd(plain, st->fd);
+        if (got > 0) {
+            total += got;
+            if ((size_t)got < room) /* a stream socket that gave less is empty: */
+                return total;   /* asking again would only cost an EAGAIN */
+            continue;
+        }
+        if (got == -EAGAIN || got == -ENOBUFS)
+            return total > 0 ? total : TLS_WANT_READ;
+        if (got == 0)
+            return total > 0 ? total : TLS_EOF;
+        st->sys_errno = (int)-got;
+        return total > 0 ? total : TLS_ERROR;
+    }
+}
+
+/* Send bytes of an echo: accepted count, or a status. */
+static long send_out(tls_conn *c, struct wsecho *st, const unsigned char *p, size_t n)
+{
+    if (c != NULL)
+        return tls_write(c, p, n);
+    ssize_t put;
+    do
+        put = send(st->fd, p, n, MSG_NOSIGNAL);
+    while (put < 0 && errno == EINTR);
+    if (put >= 0)
+        return put;
+    if (errno == EAGAIN || errno == EWOULDBLOCK)
+        return TLS_WANT_WRITE;
+    st->sys_errno = errno;
+    return TLS_ERROR;
+}
+
+/* Send what is left of the echo at the ring's head; consume its frame when
+ * SSL_write has taken all of it.  1 done, 0 blocked, < 0 a TLS status. */
+static long finish_pending(tls_conn *c, ring *plain, struct wsecho *st)
+{
+    size_t avail; /* >= pending_frame: the frame stays readable until consumed */
+    const unsigned char *head = ring_peek_region(plain, &avail);
+    const unsigned char *echo = head + st->pending_skip;
+    while (st->pending_sent < st->pending_len) {
+        long put = send_out(c, st, echo + st->pending_sent, st->pending_len - st->pending_sent);
+        if (put == TLS_WANT_WRITE || put == TLS_WANT_READ || put == 0)
+            return 0;
+        if (put < 0)
+            return put;
+        st->pending_sent += (size_t)put;
+    }
+    ring_consume(plain, st->pending_frame); /* cannot fail: the frame is readable */
+    st->pending_frame = st->pending_skip = st->pending_len = st->pending_sent = 0;
+    return 1;
+}
+
+static size_t server_header(unsigned char *h, int opcode, uint64_t len)
+{
+    h[0] = (unsigned char)(0x80 | opcode);
+    if (len < 126) {
+        h[1] = (unsigned char)len;
+        return 2;
+    }
+    if (len < 65536) {
+        h[1] = 126;
+        h[2] = (unsigned char)(len >> 8);
+        h[3] = (unsigned char)len;
+        return 4;
+    }
+    h[1] = 127;
+    for (int i = 0; i < 8; i++)
+        h[2 + i] = (unsigned char)(len >> (56 - 8 * i));
+    return 10;
+}
+
+/* More of an incomplete text frame's payload (masked; bytes [done, have) of
+ * it, the DFA in *state): 0 once a byte cannot be UTF-8, so the message fails
+ * without waiting for the rest (RFC 6455 8.1), as in the framer.  Read only:
+ * the bytes are unmasked into a scratch buffer, the frame stays as it came. */
+static int text_so_far_valid(const unsigned char *payload, size_t done, size_t have,
+                             uint32_t key, uint32_t *state)
+{
+    unsigned char scratch[256];
+    while (done < have) {
+        size_t n = have - done < sizeof scratch ? have - done : sizeof scratch;
+        ws_mask_copy(scratch, payload + done, n, key, done);
+        if (utf8_validate(state, scratch, n) != n)
+            return 0;
+        done += n;
+    }
+    return 1;
+}
+
+static uint32_t mask_key(const unsigned char *k)
+{
+    return (uint32_t)k[0] | (uint32_t)k[1] << 8 | (uint32_t)k[2] << 16 | (uint32_t)k[3] << 24;
+}
+
+/* The frame at the head of `p` (avail bytes): WSECHO_WAIT if incomplete,
+ * WSECHO_BAD_UTF8 if an incomplete text frame is invalid already,
+ * WSECHO_SLOW if not plain, else -1 with its layout filled in. */
+static long classify(const unsigned char *p, size_t avail, size_t cap, struct wsecho *st,
+                     size_t *hdr, uint64_t *len)
+{
+    size_t max_message = st->max_message;
+    if (avail < 2)
+        return WSECHO_WAIT;
+    int op = p[0] & 0x0f;
+    if ((p[0] & 0xf0) != 0x80 || (op != OP_TEXT && op != OP_BINARY) || !(p[1] & 0x80))
+        return WSECHO_SLOW; /* not FIN, RSV set, not data, or unmasked */
+    uint64_t n = p[1] & 0x7f;
+    *hdr = 6;
+    if (n == 126) {
+        if (avail < 4)
+            return WSECHO_WAIT;
+        n = (uint64_t)p[2] << 8 | p[3];
+        if (n < 126)
+            return WSECHO_SLOW; /* non-minimal: the framer says 1002 */
+        *hdr = 8;
+    } else if (n == 127) {
+        if (avail < 10)
+            return WSECHO_WAIT;
+        n = 0;
+        for (int i = 0; i < 8; i++)
+            n = n << 8 | p[2 + i];
+        if (n < 65536 || n >> 63)
+            return WSECHO_SLOW;
+        *hdr = 14;
+    }
+    if (n > max_message || *hdr + n > cap)
+        return WSECHO_SLOW; /* too big to echo in place: the framer streams it */
+    if (avail < *hdr + n) {
+        if (op == OP_TEXT && avail > *hdr + st->text_done) {
+            if (st->text_done == 0)
+                st->text_state = UTF8_ACCEPT;
+            if (!text_so_far_valid(p + *hdr, st->text_done, avail - *hdr, mask_key(p + *hdr - 4),
+                                   &st->text_state))
+                return WSECHO_BAD_UTF8;
+            st->text_done = avail - *hdr;
+        }
+        return WSECHO_WAIT;
+    }
+    *len = n;
+    return -1;
+}
+
+long wsecho_pump(tls_conn *c, ring *plain, struct wsecho *st, int flags)
+{
+    st->read_status = 0;
+    if (flags & WSECHO_READ)
+        st->read_status = receive(c, plain, st);
+    long ended = st->read_status == TLS_CLOSED || st->read_status == TLS_EOF ||
+                         st->read_status == TLS_ERROR
+                     ? st->read_status
+                     : WSECHO_WAIT;
+    if (!(flags & WSECHO_ECHO)) {
+        st->text_done = 0; /* the framer may take the frame at the head */
+        return ended;
+    }
+    if (st->pending_len > 0) {
+        long r = finish_pending(c, plain, st);
+        if (r <= 0)
+            return r == 0 ? WSECHO_BLOCKED : r;
+    }
+    const size_t cap = ring_cap(plain);
+    for (;;) {
+        struct iovec iov[2];
+        if (ring_read_iov(plain, iov) == 0)
+            return ended;
+        unsigned char *p = iov[0].iov_base; /* mirrored: all readable bytes */
+        size_t hdr = 0;
+        uint64_t len = 0;
+        long kind = classify(p, iov[0].iov_len, cap, st, &hdr, &len);
+        if (kind == WSECHO_WAIT && ended == WSECHO_WAIT)
+            return WSECHO_WAIT; /* an incomplete frame: the only way the cache lives on */
+        st->text_done = 0; /* from here on the head frame is complete, or not ours */
+        if (kind == WSECHO_WAIT)
+            return ended;
+        if (kind == WSECHO_SLOW || kind == WSECHO_BAD_UTF8)
+            return kind; /* BAD_UTF8: the caller fails the connection */
+        int op = p[0] & 0x0f;
+        uint32_t key = mask_key(p + hdr - 4);
+        unsigned char *payload = p + hdr;
+        if (op == OP_TEXT) {
+            uint32_t state = UTF8_ACCEPT;
+            if (ws_unmask_utf8(&state, payload, len, key, 0) != len || state != UTF8_ACCEPT)
+                return WSECHO_BAD_UTF8; /* the frame is now garbage: the caller fails */
+        } else {
+            ws_mask(payload, len, key, 0);
+        }
+        unsigned char sh[10];
+        size_t shlen = server_header(sh, op, len);
+        unsigned char *echo = payload - shlen; /* over the client header's tail */
+        for (size_t i = 0; i < shlen; i++)
+            echo[i] = sh[i];
+        st->messages++; /* committed: it goes out, or the connection dies */
+        st->bytes += len;
+        st->pending_frame = hdr + len;
+        st->pending_skip = hdr - shlen;
+        st->pending_len = shlen + len;
+        st->pending_sent = 0;
+        long r = finish_pending(c, plain, st);
+        if (r <= 0)
+            return r == 0 ? WSECHO_BLOCKED : r;
+    }
+}

@@ -1,0 +1,408 @@
+/*
+ * wsloop.c - the event loop core (see wsloop.h).
+ *
+ * Level-triggered epoll: an event not handed to Python for lack of room in
+ * its array is simply reported again by the next epoll_wait.  A hot
+ * connection's input is served until it would block.  An offloaded
+ * connection keeps EPOLLIN while a worker has it, so a dispatch costs no
+ * epoll_ctl call: input arriving meanwhile is read into the incoming ring
+ * at once (the loop thread is that ring's producer while the worker
+ * consumes) and marks `more`; only an end of stream or a full ring, which
+ * would stay readable, stop the polling until the job is back.
+ */
+#define _GNU_SOURCE
+#include "wsloop.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include "core/counter.h"
+
+#define MAX_EVENTS 1024
+#define HOT_REPEATS 64 /* pumps per event while the TLS layer still holds input */
+
+struct slot {
+    tls_conn *c; /* NULL: plain ws:// (the wsecho state has the fd) */
+    ring *plain;
+    struct wsecho *st;
+    struct offload_job *job;
+    uint32_t events; /* as registered with epoll */
+    unsigned watched : 1, hot : 1, busy : 1, more : 1;
+    unsigned kicked : 1; /* handed over with input in the TLS layer: serve it */
+};
+
+struct wsloop {
+    int epfd;
+    int mode;
+    offload *pool;
+    int pool_fd;
+    size_t threshold;
+    int threads;
+    size_t inflight; /* jobs in workers */
+    struct slot *slots;
+    size_t nslots;
+    struct offload_job **batch;
+    size_t nbatch;
+    size_t nkicked; /* slots with `kicked` set */
+    struct offload_job *done[MAX_EVENTS];
+    struct epoll_event ev[MAX_EVENTS];
+    counter polls, hot_events, reported, dispatches, jobs;
+};
+
+wsloop *wsloop_new(int mode, offload *pool, size_t threshold, int threads)
+{
+    if (mode < WSLOOP_INLINE || mode > WSLOOP_THRESHOLD || (mode != WSLOOP_INLINE) != (pool != NULL) ||
+        threads < 1) {
+        errno = EINVAL;
+        return NULL;
+    }
+    wsloop *l = calloc(1, sizeof *l);
+    if (l == NULL)
+        return NULL;
+    l->mode = mode;
+    l->pool = pool;
+    l->pool_fd = -1;
+    l->threshold = threshold;
+    l->threads = threads;
+    l->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (l->epfd < 0) {
+        free(l);
+        return NULL;
+    }
+    if (pool != NULL) {
+        l->pool_fd = offload_fd(pool);
+        struct epoll_event e = {.events = EPOLLIN, .data.fd = l->pool_fd};
+        if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, l->pool_fd, &e) != 0) {
+            int err = errno;
+            wsloop_free(l);
+            errno = err;
+            return NULL;
+        }
+    }
+    return l;
+}
+
+void wsloop_free(wsloop *l)
+{
+    if (l == NULL)
+        return;
+    close(l->epfd);
+    free(l->slots);
+    free(l->batch);
+    free(l);
+}
+
+static struct slot *slot_of(wsloop *l, int fd)
+{
+    return fd >= 0 && (size_t)fd < l->nslots ? &l->slots[fd] : NULL;
+}
+
+static struct slot *grow_to(wsloop *l, int fd)
+{
+    if (fd < 0)
+        return NULL;
+    if ((size_t)fd >= l->nslots) {
+        size_t n = l->nslots ? l->nslots : 64;
+        while (n <= (size_t)fd)
+            n *= 2;
+        struct slot *s = realloc(l->slots, n * sizeof *s);
+        if (s == NULL)
+            return NULL;
+        memset(s + l->nslots, 0, (n - l->nslots) * sizeof *s);
+        l->slots = s; /* the grown table is consistent from here on */
+        /* Every slot might sit in a batch at once: size the batch alike. */
+        struct offload_job **b = realloc(l->batch, n * sizeof *b);
+        if (b == NULL)
+            return NULL; /* nslots unchanged: the next call grows them again */
+        l->batch = b;
+        l->nslots = n;
+    }
+    return &l->slots[fd];
+}
+
+static int set_events(wsloop *l, int fd, struct slot *s, uint32_t events)
+{
+    struct epoll_event e = {.events = events, .data.fd = fd};
+    if (!s->watched) {
+        if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, fd, &e) != 0)
+            return -errno;
+        s->watched = 1;
+    } else if (events != s->events && epoll_ctl(l->epfd, EPOLL_CTL_MOD, fd, &e) != 0) {
+        return -errno;
+    }
+    s->events = events;
+    return 0;
+}
+
+int wsloop_watch(wsloop *l, int fd, uint32_t events)
+{
+    struct slot *s = grow_to(l, fd);
+    if (s == NULL)
+        return -ENOMEM;
+    if (s->busy)
+        return -EBUSY;
+    s->hot = 0;
+    return set_events(l, fd, s, events);
+}
+
+int wsloop_unwatch(wsloop *l, int fd)
+{
+    struct slot *s = slot_of(l, fd);
+    if (s == NULL || !s->watched)
+        return 0;
+    if (s->busy)
+        return -EBUSY;
+    int r = epoll_ctl(l->epfd, EPOLL_CTL_DEL, fd, NULL) == 0 ? 0 : -errno;
+    if (s->kicked)
+        l->nkicked--;
+    memset(s, 0, sizeof *s);
+    return r;
+}
+
+int wsloop_hot(wsloop *l, int fd, tls_conn *c, ring *plain, struct wsecho *st,
+               struct offload_job *job)
+{
+    struct slot *s = slot_of(l, fd);
+    if (s == NULL || !s->watched || plain == NULL || st == NULL ||
+        (l->mode != WSLOOP_INLINE && (job == NULL || c == NULL)))
+        return -EINVAL;
+    s->c = c;
+    s->plain = plain;
+    s->st = st;
+    s->job = job;
+    s->more = 0;
+    s->hot = 1;
+    int r = set_events(l, fd, s, EPOLLIN | EPOLLRDHUP);
+    if (r == 0 && c != NULL && !s->kicked && tls_has_pending(c)) {
+        /* Input taken from the socket already (say, while a job ran, or
+         * before the framer's turn): no readiness will come for it. */
+        s->kicked = 1;
+        l->nkicked++;
+    }
+    return r;
+}
+
+int wsloop_busy(wsloop *l, int fd)
+{
+    struct slot *s = slot_of(l, fd);
+    return s != NULL && s->busy;
+}
+
+/* ------------------------------------------------------------- hot path */
+
+static int output_pending(const struct slot *s)
+{
+    return s->st->pending_len > 0 || (s->c != NULL && tls_pending_out(s->c) > 0);
+}
+
+/* After the hot path: 0 when it may go on alone, else the status to report
+ * (the connection goes cold). */
+static long settle(wsloop *l, struct slot *s, long status)
+{
+    if (l->mode != WSLOOP_INLINE && tls_flush(s->c) == TLS_ERROR)
+        status = status < 0 ? status : TLS_ERROR;
+    if (status == WSECHO_WAIT && output_pending(s))
+        status = WSECHO_BLOCKED;
+    return status;
+}
+
+/* The design's inline step: echo what is there, again while the TLS layer
+ * holds input the socket will not signal.  0 or a status to report. */
+static long run_inline(wsloop *l, struct slot *s)
+{
+    for (int i = 0; i < HOT_REPEATS; i++) {
+        long r = settle(l, s, wsecho_pump(s->c, s->plain, s->st, WSECHO_READ | WSECHO_ECHO));
+        if (r != WSECHO_WAIT)
+            return r;
+        if (s->c == NULL || ring_writable(s->plain) == 0 || s->st->read_status <= 0 ||
+            !tls_has_pending(s->c))
+            return 0; /* (nothing read: what is buffered waits for the socket) */
+    }
+    return 0;
+}
+
+static void queue_job(wsloop *l, struct slot *s)
+{
+    s->job->flags = WSECHO_READ | WSECHO_ECHO;
+    s->busy = 1;
+    s->more = 0;
+    l->inflight++;
+    if (l->mode == WSLOOP_BATCHED) {
+        l->batch[l->nbatch++] = s->job;
+    } else {
+        offload_submit(l->pool, &s->job, 1); /* cannot fail: n == 1 */
+        counter_add(&l->dispatches, 1);
+        counter_add(&l->jobs, 1);
+    }
+}
+
+/* One dispatch per worker for this iteration's ready connections. */
+static void submit_batch(wsloop *l)
+{
+    size_t n = l->nbatch, parts = (size_t)l->threads < n ? (size_t)l->threads : n;
+    for (size_t i = 0, start = 0; i < parts; i++) {
+        size_t len = n / parts + (i < n % parts);
+        offload_submit(l->pool, &l->batch[start], len);
+        counter_add(&l->dispatches, 1);
+        counter_add(&l->jobs, len);
+        start += len;
+    }
+    l->nbatch = 0;
+}
+
+/* Readiness of a hot connection: 0 handled, else a status to report. */
+static long serve(wsloop *l, int fd, struct slot *s)
+{
+    if (l->mode == WSLOOP_INLINE)
+        return run_inline(l, s);
+    long got = tls_fill(s->c);
+    if (s->busy) { /* the worker's result decides what comes next */
+        s->more = 1;
+        if (got == 0 || got == TLS_EOF || got == TLS_ERROR)
+            set_events(l, fd, s, 0); /* would stay readable: wait for the job */
+        return 0;
+    }
+    if (got == TLS_ERROR)
+        return TLS_ERROR;
+    if (got == TLS_WANT_READ && !tls_has_pending(s->c))
+        return 0;
+    if (l->mode == WSLOOP_THRESHOLD && tls_pending_in(s->c) < l->threshold && got != TLS_EOF)
+        return run_inline(l, s);
+    queue_job(l, s);
+    return 0;
+}
+
+/* A job is back: 0 handled (resubmitted or idle), else a status to report. */
+static long complete(wsloop *l, struct offload_job *job)
+{
+    struct slot *s = slot_of(l, job->id);
+    l->inflight--;
+    if (s == NULL || !s->busy)
+        return 0;
+    s->busy = 0;
+    if (s->events != (EPOLLIN | EPOLLRDHUP) && set_events(l, job->id, s, EPOLLIN | EPOLLRDHUP) != 0)
+        return TLS_ERROR;
+    long r = settle(l, s, job->status);
+    if (r != WSECHO_WAIT)
+        return r;
+    /* Again if input came meanwhile (or the end of it), or if the job read
+     * and more is buffered (it stops at a full plaintext ring).  Not when it
+     * could read nothing: what is buffered is an incomplete record, and only
+     * the socket can complete it. */
+    if (s->more || (s->st->read_status >= 0 && tls_has_pending(s->c)))
+        queue_job(l, s);
+    return 0;
+}
+
+static int report(struct wsloop_event *out, int n, int fd, uint32_t events, long status)
+{
+    out[n].fd = fd;
+    out[n].events = events;
+    out[n].status = status;
+    return n + 1;
+}
+
+/* Serve the kicked hot connections as if readable, once each, with the room
+ * left in `out`; the others stay kicked for the next poll. */
+static int serve_kicked(wsloop *l, struct wsloop_event *out, int n, int max)
+{
+    for (size_t fd = 0; fd < l->nslots && l->nkicked > 0 && n < max; fd++) {
+        struct slot *s = &l->slots[fd];
+        if (!s->kicked)
+            continue;
+        s->kicked = 0;
+        l->nkicked--;
+        if (!s->hot)
+            continue;
+        long r = serve(l, (int)fd, s);
+        if (r != 0) {
+            s->hot = 0;
+            n = report(out, n, (int)fd, EPOLLIN, r);
+        }
+    }
+    return n;
+}
+
+int wsloop_poll(wsloop *l, int timeout_ms, struct wsloop_event *out, int max)
+{
+    if (max <= 0)
+        return -EINVAL;
+    /* Each epoll event and each finished job reports at most once: ask for no
+     * more than there is room for, the rest stays pending. */
+    int ready = epoll_wait(l->epfd, l->ev, max < MAX_EVENTS ? max : MAX_EVENTS,
+                           l->nkicked > 0 ? 0 : timeout_ms);
+    counter_add(&l->polls, 1);
+    if (ready < 0)
+        return errno == EINTR ? 0 : -errno;
+    int n = 0, pool_ready = 0;
+    for (int i = 0; i < ready; i++) {
+        int fd = l->ev[i].data.fd;
+        uint32_t events = l->ev[i].events;
+        if (fd == l->pool_fd) {
+            pool_ready = 1; /* last, with the room the others leave */
+            continue;
+        }
+        struct slot *s = slot_of(l, fd);
+        if (s != NULL && s->hot) {
+            counter_add(&l->hot_events, 1);
+            long r = serve(l, fd, s);
+            if (r != 0) {
+                s->hot = 0;
+                n = report(out, n, fd, events, r);
+            }
+        } else if (s != NULL && s->watched) {
+            n = report(out, n, fd, events, WSLOOP_RAW);
+        }
+    }
+    if (l->nkicked > 0)
+        n = serve_kicked(l, out, n, max);
+    if (pool_ready && n < max) { /* jobs beyond the room keep the eventfd readable */
+        size_t done = offload_done(l->pool, l->done, (size_t)(max - n));
+        for (size_t j = 0; j < done; j++) {
+            long r = complete(l, l->done[j]);
+            if (r != 0) {
+                l->slots[l->done[j]->id].hot = 0;
+                n = report(out, n, l->done[j]->id, 0, r);
+            }
+        }
+    }
+    if (l->nbatch > 0)
+        submit_batch(l);
+    counter_add(&l->reported, (uint64_t)n);
+    return n;
+}
+
+int wsloop_drain(wsloop *l, int timeout_ms)
+{
+    if (l->nbatch > 0)
+        submit_batch(l);
+    while (l->inflight > 0) {
+        struct epoll_event e;
+        int ready;
+        do /* only the pool fd matters now; other fds' events stay pending */
+            ready = epoll_wait(l->epfd, &e, 1, timeout_ms);
+        while (ready < 0 && errno == EINTR);
+        size_t done = offload_done(l->pool, l->done, MAX_EVENTS);
+        for (size_t j = 0; j < done; j++) {
+            struct slot *s = slot_of(l, l->done[j]->id);
+            l->inflight--;
+            if (s != NULL)
+                s->busy = s->hot = 0;
+        }
+        if (ready == 0 && done == 0)
+            return -ETIMEDOUT;
+    }
+    return 0;
+}
+
+void wsloop_get_counters(wsloop *l, struct wsloop_counters *out)
+{
+    out->polls = counter_get(&l->polls);
+    out->hot_events = counter_get(&l->hot_events);
+    out->reported = counter_get(&l->reported);
+    out->dispatches = counter_get(&l->dispatches);
+    out->jobs = counter_get(&l->jobs);
+}

@@ -1,0 +1,87 @@
+/*
+ * wsloop.h - the echo server's event loop core: epoll, and the hot path of
+ * every TLS design, in C.
+ *
+ * Python owns the server: accepting, handshakes, the RFC 6455 framer,
+ * backpressure, closing.  It hands a connection over ("hot") when it is open,
+ * between messages, with no output waiting; from then on the loop serves the
+ * connection's input alone, in the configured design:
+ *   inline     wsecho_pump(READ|ECHO) on the loop thread;
+ *   offload    tls_fill, then one offload job per message;
+ *   batched    tls_fill, then one dispatch per worker per loop iteration;
+ *   threshold  offload when the bytes waiting reach `threshold`, else inline.
+ * The first result that needs a decision (a frame for the framer, output the
+ * kernel refused, invalid UTF-8, the session ending) makes the connection
+ * cold again and is reported as an event with that status.  Events of cold
+ * connections and of other watched fds are reported as they come.
+ *
+ * The loop keeps pointers to the connection's tls_conn, plaintext ring and
+ * wsecho state: unwatch a connection before freeing them.
+ */
+#ifndef WSSTLS_WSLOOP_H
+#define WSSTLS_WSLOOP_H
+
+#include <stdint.h>
+
+#include "offload.h"
+#include "core/ring.h"
+#include "core/tls.h"
+#include "wsecho.h"
+
+enum wsloop_mode {
+    WSLOOP_INLINE = 0,
+    WSLOOP_OFFLOAD = 1,
+    WSLOOP_BATCHED = 2,
+    WSLOOP_THRESHOLD = 3,
+};
+
+/* An event for Python.  `status` is WSLOOP_RAW for a plain readiness event,
+ * else what a hot connection's hot path ended with (a wsecho status or a
+ * TLS status); the connection is cold from then on. */
+#define WSLOOP_RAW 100
+
+struct wsloop_event {
+    int fd;
+    uint32_t events;
+    long status;
+};
+
+struct wsloop_counters {
+    uint64_t polls;       /* epoll_wait calls */
+    uint64_t hot_events;  /* readiness events served without Python */
+    uint64_t reported;    /* events handed to Python */
+    uint64_t dispatches;  /* offload dispatches submitted */
+    uint64_t jobs;        /* jobs in them */
+};
+
+typedef struct wsloop wsloop;
+
+/* pool: the offload pool for the offload designs (NULL for inline). */
+wsloop *wsloop_new(int mode, offload *pool, size_t threshold, int threads);
+void wsloop_free(wsloop *l);
+
+/* Report fd's readiness for `events` (EPOLLIN, EPOLLOUT, ...; 0 = none for
+ * now) to Python.  Makes a hot connection cold. */
+int wsloop_watch(wsloop *l, int fd, uint32_t events);
+/* Forget fd (before closing it or freeing what wsloop_hot gave). */
+int wsloop_unwatch(wsloop *l, int fd);
+/* Serve fd's input in C.  job: the connection's offload job (offload
+ * designs), else NULL.  fd must be watched already. */
+int wsloop_hot(wsloop *l, int fd, tls_conn *c, ring *plain, struct wsecho *st,
+               struct offload_job *job);
+/* 1 while a worker holds fd's connection (offload designs). */
+int wsloop_busy(wsloop *l, int fd);
+
+/* One epoll_wait (timeout in ms, -1 = forever): serve hot connections and
+ * the offload pool, return up to `max` events for Python (0: nothing for
+ * it), or -errno. */
+int wsloop_poll(wsloop *l, int timeout_ms, struct wsloop_event *out, int max);
+
+/* Shutting down: wait (up to timeout_ms without progress) until every job is
+ * back from the workers, without acting on the results; the connections are
+ * cold and can be unwatched.  0, or -ETIMEDOUT. */
+int wsloop_drain(wsloop *l, int timeout_ms);
+
+void wsloop_get_counters(wsloop *l, struct wsloop_counters *out);
+
+#endif

@@ -1,0 +1,65 @@
+"""``python -m wsstls serve``: the echo server's command line."""
+
+from __future__ import annotations
+
+import sys
+
+from ..tls import TLSError, Transport
+from .config import Mode, ServerConfig
+from .workers import OnServer, serve
+
+__all__ = ["main", "parse"]
+
+
+def parse(argv: list[str] | None = None) -> tuple[ServerConfig, str | None]:
+    """The command line as a checked ServerConfig and the ``--stats`` file (exit 2 if bad)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="wsstls serve", description="The WSS echo server.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--tls", dest="tls", action="store_true", default=True, help="wss:// (default)")
+    g.add_argument("--no-tls", dest="tls", action="store_false", help="plain ws://")
+    p.add_argument("--cert", help="certificate chain (PEM); default: self-signed, in memory")
+    p.add_argument("--key", help="private key (PEM)")
+    p.add_argument("--transport", choices=[t.value for t in Transport], default="ring")
+    p.add_argument("--mode", choices=[m.value for m in Mode], default="inline")
+    p.add_argument("--threads", type=int, default=2, help="offload threads")
+    p.add_argument("--offload-threshold", type=int, default=16384, help="bytes (threshold mode)")
+    p.add_argument("--workers", type=int, default=1, help="processes sharing the port")
+    p.add_argument("--cpus", default="", help="pin process i to cpu LIST[i], e.g. 0 or 0,1")
+    p.add_argument("--max-message", type=int, default=16 * 1024 * 1024)
+    p.add_argument("--ring-capacity", type=int, default=65536)
+    p.add_argument("--handshake-timeout", type=float, default=10.0)
+    p.add_argument("--no-fast-path", dest="fast_path", action="store_false",
+                   help="every frame through the Python framer")  # fmt: skip
+    p.add_argument("--stats", metavar="FILE", help="write counters as JSON on exit")
+    a = p.parse_args(argv)
+    try:
+        cpus = tuple(int(c) for c in a.cpus.split(",") if c)
+        cfg = ServerConfig(
+            host=a.host, port=a.port, tls=a.tls, certfile=a.cert, keyfile=a.key,
+            transport=Transport(a.transport), mode=Mode(a.mode), threads=a.threads,
+            offload_threshold=a.offload_threshold, workers=a.workers, cpus=cpus,
+            max_message=a.max_message, ring_capacity=a.ring_capacity,
+            handshake_timeout=a.handshake_timeout, fast_path=a.fast_path,
+        )  # fmt: skip
+        cfg.check()
+    except ValueError as exc:
+        p.error(str(exc))
+    return cfg, a.stats
+
+
+def main(argv: list[str] | None = None, on_server: OnServer | None = None) -> int:
+    """``python -m wsstls serve``."""
+    cfg, stats = parse(argv)
+
+    def ready(url: str) -> None:
+        print(f"listening on {url}", flush=True)
+
+    try:
+        return serve(cfg, ready, stats, on_server)
+    except (OSError, TLSError) as exc:
+        print(f"wsstls serve: {exc}", file=sys.stderr)
+        return 1
