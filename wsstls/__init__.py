@@ -19,6 +19,24 @@ def _built(package_dir: Path) -> bool:
     )
 
 
+def _installed_copies(here: Path) -> list[Path]:
+    """Other ``wsstls`` package folders the import system can find (site-packages, editable)."""
+    found = []
+    others = [p for p in sys.path if Path(p or ".").resolve() / "wsstls" != here]
+    for finder in sys.meta_path:
+        try:
+            if finder is importlib.machinery.PathFinder:
+                spec = finder.find_spec("wsstls", others)
+            else:
+                find_spec = getattr(finder, "find_spec", None)
+                spec = find_spec("wsstls", None) if find_spec is not None else None
+        except (ImportError, ValueError, OSError):
+            continue
+        for location in (spec and spec.submodule_search_locations) or ():
+            found.append(Path(location).resolve())
+    return [p for p in found if p != here]
+
+
 def _use_built_copy() -> None:
     """Run from a copy of wsstls whose C extension is built.
 
@@ -30,15 +48,18 @@ def _use_built_copy() -> None:
     here = Path(__file__).resolve().parent
     if _built(here):
         return
-    for entry in sys.path:
-        candidate = Path(entry or ".").resolve() / "wsstls"
-        if candidate != here and _built(candidate):
+    for candidate in _installed_copies(here):
+        if _built(candidate):
             __path__[:] = [str(candidate)]
             return
-    raise ImportError(
+    message = (
         f"wsstls: the C extension is not built in {here} and no built wsstls is installed: "
         "run `python -m pip install .` (or `pip install -e .` to work on the source)"
     )
+    if sys.argv[:1] == ["-m"]:  # `python -m wsstls` is locating its main module: one line
+        print(message, file=sys.stderr)
+        raise SystemExit(2)
+    raise ImportError(message)
 
 
 _use_built_copy()
