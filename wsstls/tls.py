@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any, NoReturn
 
+from ._cdata import TLS_WAITS, TLSStatus
 from ._native import ffi, lib
 from .ring import Buffer, RingBuffer, _c_buffer, _fileno, _index
 
@@ -80,10 +81,6 @@ _TRANSPORT_CODE = {
 _read_ring = lib.tls_read_ring
 _write = lib.tls_write
 _write_ring = lib.tls_write_ring
-_WANT_READ = lib.TLS_WANT_READ
-_WANT_WRITE = lib.TLS_WANT_WRITE
-_CLOSED = lib.TLS_CLOSED
-_EOF = lib.TLS_EOF
 
 
 def _last_error(default: str) -> str:
@@ -395,21 +392,21 @@ class TLSConnection:
 
     def _raise(self, status: int) -> NoReturn:
         message = ffi.string(lib.tls_conn_error(self._c)).decode("utf-8", "replace")
-        if status == _EOF:
+        if status == TLSStatus.EOF:
             raise TLSEOFError(message or "the transport ended without close_notify")
         raise TLSError(message or f"TLS error (status {status})")
 
     def _read_status(self, status: int) -> int | None:
         """A read's status: None to wait, 0 for close_notify, else raises."""
-        if status == _WANT_READ or status == _WANT_WRITE:
+        if status in TLS_WAITS:
             return None
-        if status == _CLOSED:
+        if status == TLSStatus.CLOSED:
             return 0
         self._raise(status)
 
     def _write_status(self, status: int) -> int:
         """A write's status: 0 to wait, else raises."""
-        if status == _WANT_WRITE or status == _WANT_READ:
+        if status in TLS_WAITS:
             return 0
         self._raise(status)
 
@@ -430,7 +427,7 @@ class TLSConnection:
         if status == 0:
             self._handshaken = True
             return True
-        if status in (_WANT_READ, _WANT_WRITE):
+        if status in TLS_WAITS:
             return False
         self._raise(status)
 
@@ -518,9 +515,9 @@ class TLSConnection:
         got = lib.tls_fill(self._live())
         if got >= 0:
             return got
-        if got == _WANT_READ:
+        if got == TLSStatus.WANT_READ:
             return None
-        if got == _EOF:
+        if got == TLSStatus.EOF:
             raise TLSEOFError("the peer closed the connection")
         raise TLSError(os.strerror(self.errno) if self.errno else "socket error")
 
@@ -546,7 +543,7 @@ class TLSConnection:
         status = lib.tls_shutdown(self._live())
         if status >= 0:
             return status == 1
-        if status in (_WANT_READ, _WANT_WRITE):
+        if status in TLS_WAITS:
             return False
         self._raise(status)
 

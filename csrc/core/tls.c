@@ -1,6 +1,11 @@
 /*
  * tls.c - TLS contexts and connections (see tls.h).
  *
+ * A connection is its SSL object plus two tables of operations (tlsconn.h):
+ * a transport (ring, mem, pair, fd: how ciphertext reaches the SSL object)
+ * and a record layer (OpenSSL's SSL_read/SSL_write).  The compound calls at
+ * the end of this file are written once, against the tables.
+ *
  * Every OpenSSL call's result is checked; failures leave their reason in
  * OpenSSL's error queue (contexts) or in the connection's error message.
  * The thread's error queue is cleared before each SSL I/O call, as
@@ -21,8 +26,8 @@
 #include <openssl/rand.h>
 #include <openssl/x509v3.h>
 
-#include "counter.h"
 #include "ringbio.h"
+#include "tlsconn.h"
 
 #define SCRATCH_SIZE (64 * 1024) /* MEM/PAIR pump buffer: one recv/send each */
 
@@ -329,26 +334,6 @@ size_t tls_last_error(char *buf, size_t len)
 
 /* =========================================================== connections */
 
-struct tls_conn {
-    SSL *ssl;
-    int transport, fd, flags;
-    ring *rx, *tx;   /* TLS_RING: the ciphertext rings; MEM/PAIR: tx holds
-                        what send() refused */
-    BIO *ringbio;    /* TLS_RING (owned by ssl) */
-    BIO *net_in;     /* MEM: the read BIO (owned by ssl); PAIR: our end */
-    BIO *net_out;    /* MEM: the write BIO (owned by ssl); PAIR: our end */
-    unsigned char *scratch;
-    int read_status; /* sticky once the read side ended: CLOSED, EOF, ERROR */
-    int dead;        /* TLS_ERROR seen: every call fails */
-    int pumped_eof;  /* the pump read the end of the socket's stream */
-    int sys_errno;
-    char error[512];
-    /* FD: kernel traffic seen through the socket BIO's callback; MEM/PAIR:
-     * the pumps'.  TLS_RING keeps its own in the ring BIO. */
-    counter rx_syscalls, rx_bytes, tx_syscalls, tx_bytes, eagain;
-    counter bio_copies, bio_bytes, plain_in, plain_out, reads, writes;
-};
-
 /* SSL_get_error needs the thread's error queue empty before each SSL I/O
  * call.  Clearing it walks every slot (3k instructions per 64 B round trip,
  * measured): our calls drain it on every failure, so it is almost always
@@ -359,7 +344,7 @@ static inline void clear_errors(void)
         ERR_clear_error();
 }
 
-static int fail(tls_conn *c, int status, const char *what)
+int tls_conn_fail(tls_conn *c, int status, const char *what)
 {
     /* The first failure explains the connection's end; later ones follow
      * from it (say, sending the alert to a peer that has gone). */
@@ -373,127 +358,15 @@ static int fail(tls_conn *c, int status, const char *what)
     return status;
 }
 
-/* Count the socket BIO's reads and writes (one system call each). */
-static long fd_callback(BIO *b, int oper, const char *argp, size_t len, int argi, long argl,
-                        int ret, size_t *processed)
+static long fail_errno(tls_conn *c, int err)
 {
-    (void)argp, (void)len, (void)argi, (void)argl;
-    tls_conn *c = (tls_conn *)BIO_get_callback_arg(b);
-    int read = oper == (BIO_CB_READ | BIO_CB_RETURN);
-    if (c == NULL || (!read && oper != (BIO_CB_WRITE | BIO_CB_RETURN)))
-        return ret;
-    counter_add(read ? &c->rx_syscalls : &c->tx_syscalls, 1);
-    if (ret > 0 && processed != NULL)
-        counter_add(read ? &c->rx_bytes : &c->tx_bytes, *processed);
-    else if (BIO_should_retry(b))
-        counter_add(&c->eagain, 1);
-    return ret;
+    c->sys_errno = err;
+    return tls_conn_fail(c, TLS_ERROR, strerror(err));
 }
 
-static int set_hostname(SSL *ssl, const char *hostname)
-{
-    if (hostname == NULL || *hostname == '\0')
-        return 1;
-    if (is_ip(hostname))
-        return X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), hostname) == 1;
-    return SSL_set_tlsext_host_name(ssl, hostname) == 1 && SSL_set1_host(ssl, hostname) == 1;
-}
-
-tls_conn *tls_conn_new(SSL_CTX *ctx, int transport, int fd, size_t ring_capacity, int flags,
-                       const char *hostname)
-{
-    if (transport < TLS_RING || transport > TLS_FD || (transport == TLS_FD && fd < 0) ||
-        ring_capacity == 0) {
-        ERR_raise_data(ERR_LIB_SSL, ERR_R_PASSED_INVALID_ARGUMENT,
-                       "transport %d, fd %d, ring capacity %zu", transport, fd, ring_capacity);
-        return NULL;
-    }
-    tls_conn *c = calloc(1, sizeof *c);
-    if (c == NULL || (c->ssl = SSL_new(ctx)) == NULL)
-        goto fail;
-    c->transport = transport;
-    c->fd = fd;
-    c->flags = flags;
-    if (SSL_is_server(c->ssl))
-        SSL_set_accept_state(c->ssl);
-    else
-        SSL_set_connect_state(c->ssl);
-    if (!SSL_is_server(c->ssl) && !set_hostname(c->ssl, hostname))
-        goto fail;
-    if (flags & TLS_READ_AHEAD)
-        SSL_set_read_ahead(c->ssl, 1);
-
-    int ring_flags = (flags & TLS_MIRRORED_RINGS) ? RING_MIRRORED : 0;
-    if (transport != TLS_FD && (c->tx = ring_create(ring_capacity, ring_flags)) == NULL)
-        goto fail;
-    switch (transport) {
-    case TLS_RING: {
-        if ((c->rx = ring_create(ring_capacity, ring_flags)) == NULL)
-            goto fail;
-        int via_ring = flags & (TLS_RING_VIA_RING | TLS_CALLER_IO);
-        int bio_flags = via_ring ? 0 : RINGBIO_READ_FD | RINGBIO_WRITE_FD;
-        if ((c->ringbio = ringbio_new(c->rx, c->tx, fd, bio_flags)) == NULL)
-            goto fail;
-        SSL_set_bio(c->ssl, c->ringbio, c->ringbio); /* one reference, taken */
-        break;
-    }
-    case TLS_MEM: {
-        BIO *in = BIO_new(BIO_s_mem()), *out = BIO_new(BIO_s_mem());
-        if (in == NULL || out == NULL) {
-            BIO_free(in);
-            BIO_free(out);
-            goto fail;
-        }
-        BIO_set_mem_eof_return(in, -1); /* empty means "retry", not EOF */
-        SSL_set_bio(c->ssl, in, out);
-        c->net_in = in;
-        c->net_out = out;
-        break;
-    }
-    case TLS_PAIR: {
-        BIO *inner, *outer;
-        if (!BIO_new_bio_pair(&inner, ring_capacity, &outer, ring_capacity))
-            goto fail;
-        SSL_set_bio(c->ssl, inner, inner);
-        c->net_in = c->net_out = outer;
-        break;
-    }
-    case TLS_FD: {
-        if (!SSL_set_fd(c->ssl, fd))
-            goto fail;
-        BIO *sock = SSL_get_rbio(c->ssl); /* the same BIO reads and writes */
-        BIO_set_callback_arg(sock, (char *)c);
-        BIO_set_callback_ex(sock, fd_callback);
-        break;
-    }
-    }
-    if ((transport == TLS_MEM || transport == TLS_PAIR) && fd >= 0 &&
-        (c->scratch = malloc(SCRATCH_SIZE)) == NULL)
-        goto fail;
-    return c;
-fail:
-    tls_conn_free(c);
-    return NULL;
-}
-
-void tls_conn_free(tls_conn *c)
-{
-    if (c == NULL)
-        return;
-    SSL_free(c->ssl); /* frees the BIOs it was given */
-    if (c->transport == TLS_PAIR)
-        BIO_free(c->net_in);
-    ring_destroy(c->rx);
-    ring_destroy(c->tx);
-    free(c->scratch);
-    free(c);
-}
-
-/* ------------------------------------------------------------ the pumps */
-
-/* The pump found the socket's EOF and handed it to the BIO: 1 the first
- * time, so that the caller's retry reports it now rather than at a next call
- * that no socket event may ever prompt; 0 after that. */
+/* The transport read the end of the peer's stream and handed it to the SSL
+ * object: 1 the first time, so that the caller's retry reports it now rather
+ * than at a next call that no socket event may ever prompt; 0 after that. */
 static long eof_in(tls_conn *c)
 {
     if (c->pumped_eof)
@@ -502,322 +375,93 @@ static long eof_in(tls_conn *c)
     return 1;
 }
 
-/* MEM/PAIR with a socket: one recv into the network-side BIO.  > 0 bytes
- * moved, 0 nothing to do, or a status. */
-static long pump_in(tls_conn *c)
+static size_t no_bytes(const tls_conn *c)
 {
-    if (c->transport == TLS_RING) { /* the BIO does no socket I/O: fill its ring */
-        ssize_t got = ringbio_fill(c->ringbio);
-        if (got > 0)
-            return got;
-        if (got == 0)
-            return eof_in(c); /* the BIO reports it once rx is drained */
-        if (got == -EAGAIN || got == -ENOBUFS)
-            return 0;
-        c->sys_errno = (int)-got;
-        return fail(c, TLS_ERROR, strerror(c->sys_errno));
-    }
-    size_t room = SCRATCH_SIZE;
-    if (c->transport == TLS_PAIR)
-        room = min_sz(room, BIO_ctrl_get_write_guarantee(c->net_in));
-    if (room == 0)
+    (void)c;
+    return 0;
+}
+
+static void nothing(tls_conn *c) { (void)c; }
+
+static int never(const tls_conn *c)
+{
+    (void)c;
+    return 0;
+}
+
+/* The counters kept in the tls_conn (FD, MEM, PAIR): the kernel's half. */
+static void own_kernel_counters(const tls_conn *c, struct tls_ledger *out)
+{
+    out->rx_syscalls = counter_get(&c->rx_syscalls);
+    out->rx_bytes = counter_get(&c->rx_bytes);
+    out->tx_syscalls = counter_get(&c->tx_syscalls);
+    out->tx_bytes = counter_get(&c->tx_bytes);
+    out->eagain = counter_get(&c->eagain);
+}
+
+static void reset_own_kernel_counters(tls_conn *c)
+{
+    counter *all[] = {&c->rx_syscalls, &c->rx_bytes, &c->tx_syscalls, &c->tx_bytes, &c->eagain};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        counter_zero(all[i]);
+}
+
+static int ring_flags(const tls_conn *c)
+{
+    return (c->flags & TLS_MIRRORED_RINGS) ? RING_MIRRORED : 0;
+}
+
+/* ------------------------------------------------ transport: TLS_RING */
+
+/* The ring BIO (ringbio.h): with a socket it reads and writes it itself,
+ * the rings holding only the overflow; via_ring, caller I/O and sans-IO
+ * move every byte through the rings. */
+
+static int ring_attach(tls_conn *c, size_t ring_capacity)
+{
+    if ((c->rx = ring_create(ring_capacity, ring_flags(c))) == NULL ||
+        (c->tx = ring_create(ring_capacity, ring_flags(c))) == NULL)
         return 0;
-    ssize_t got;
-    do
-        got = recv(c->fd, c->scratch, room, 0);
-    while (got < 0 && errno == EINTR);
-    counter_add(&c->rx_syscalls, 1);
-    if (got < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            counter_add(&c->eagain, 1);
-            return 0;
-        }
-        c->sys_errno = errno;
-        return fail(c, TLS_ERROR, strerror(errno));
-    }
-    if (got == 0) { /* let the SSL object see the end of the stream */
-        if (c->transport == TLS_MEM)
-            BIO_set_mem_eof_return(c->net_in, 0);
-        else
-            BIO_shutdown_wr(c->net_in);
-        return eof_in(c);
-    }
-    counter_add(&c->rx_bytes, (uint64_t)got);
-    if (BIO_write(c->net_in, c->scratch, (int)got) != got)
-        return fail(c, TLS_ERROR, "BIO_write into the network BIO failed");
-    counter_add(&c->bio_copies, 1);
-    counter_add(&c->bio_bytes, (uint64_t)got);
-    return got;
+    int via_ring = c->flags & (TLS_RING_VIA_RING | TLS_CALLER_IO);
+    int bio_flags = via_ring ? 0 : RINGBIO_READ_FD | RINGBIO_WRITE_FD;
+    if ((c->ringbio = ringbio_new(c->rx, c->tx, c->fd, bio_flags)) == NULL)
+        return 0;
+    SSL_set_bio(c->ssl, c->ringbio, c->ringbio); /* one reference, taken */
+    c->pumped = c->fd >= 0 && (c->flags & TLS_RING_VIA_RING) && !(c->flags & TLS_CALLER_IO);
+    return 1;
 }
 
-static size_t net_pending(tls_conn *c)
+/* via_ring: one readv into the incoming ring. */
+static long ring_pump_in(tls_conn *c)
 {
-    return c->net_out == NULL ? 0 : (size_t)BIO_ctrl_pending(c->net_out);
+    ssize_t got = ringbio_fill(c->ringbio);
+    if (got > 0)
+        return got;
+    if (got == 0)
+        return eof_in(c); /* the BIO reports it once rx is drained */
+    if (got == -EAGAIN || got == -ENOBUFS)
+        return 0;
+    return fail_errno(c, (int)-got);
 }
 
-/* MEM/PAIR with a socket: send what the SSL object wrote.  What send()
- * refuses waits in tx (so only take from the BIO what tx could absorb).
- * Returns bytes sent, or a status (WANT_WRITE when tx is still not empty). */
-static long ring_out(tls_conn *c)
+/* What the socket refused, in order, from the outgoing ring. */
+static long ring_pump_out(tls_conn *c)
 {
     long sent = 0;
     while (!ring_empty(c->tx)) {
         ssize_t put = ringbio_flush(c->ringbio);
         if (put == -EAGAIN)
             return sent ? sent : TLS_WANT_WRITE;
-        if (put < 0) {
-            c->sys_errno = (int)-put;
-            return fail(c, TLS_ERROR, strerror(c->sys_errno));
-        }
+        if (put < 0)
+            return fail_errno(c, (int)-put);
         sent += put;
     }
     return sent;
 }
 
-static long pump_out(tls_conn *c)
+static long ring_fill(tls_conn *c)
 {
-    if (c->transport == TLS_RING)
-        return ring_out(c);
-    long sent = 0;
-    if (!ring_empty(c->tx)) {
-        ssize_t put = ring_write_fd(c->tx, c->fd);
-        counter_add(&c->tx_syscalls, 1);
-        if (put == -EAGAIN)
-            counter_add(&c->eagain, 1);
-        else if (put < 0)
-            return fail(c, TLS_ERROR, strerror(c->sys_errno = (int)-put));
-        else {
-            counter_add(&c->tx_bytes, (uint64_t)put);
-            sent += put;
-        }
-        if (!ring_empty(c->tx))
-            return sent ? sent : TLS_WANT_WRITE;
-    }
-    for (;;) {
-        size_t want = min_sz(min_sz(SCRATCH_SIZE, net_pending(c)), ring_writable(c->tx));
-        if (want == 0)
-            break;
-        int n = BIO_read(c->net_out, c->scratch, (int)want);
-        if (n <= 0)
-            break;
-        counter_add(&c->bio_copies, 1);
-        counter_add(&c->bio_bytes, (uint64_t)n);
-        ssize_t put;
-        do
-            put = send(c->fd, c->scratch, (size_t)n, MSG_NOSIGNAL);
-        while (put < 0 && errno == EINTR);
-        counter_add(&c->tx_syscalls, 1);
-        if (put < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK)
-                return fail(c, TLS_ERROR, strerror(c->sys_errno = errno));
-            counter_add(&c->eagain, 1);
-            put = 0;
-        }
-        counter_add(&c->tx_bytes, (uint64_t)put);
-        sent += put;
-        if (put < n) { /* the rest fits: want was bounded by ring_writable */
-            ring_write(c->tx, c->scratch + put, (size_t)(n - put));
-            return sent ? sent : TLS_WANT_WRITE;
-        }
-    }
-    return sent;
-}
-
-/* With a socket, whether the compound calls move ciphertext between it and
- * the SSL object's BIO (MEM, PAIR, and RING without direct I/O), rather
- * than the BIO doing the socket I/O itself. */
-static int pumped(const tls_conn *c)
-{
-    if (c->fd < 0 || (c->flags & TLS_CALLER_IO))
-        return 0;
-    return c->transport == TLS_MEM || c->transport == TLS_PAIR ||
-           (c->transport == TLS_RING && (c->flags & TLS_RING_VIA_RING));
-}
-
-static void new_batch(tls_conn *c)
-{
-    if (c->transport == TLS_RING)
-        ringbio_new_batch(c->ringbio);
-}
-
-/* ------------------------------------------------------- status mapping */
-
-static int ssl_status(tls_conn *c, int ret)
-{
-    int saved_errno = errno;
-    switch (SSL_get_error(c->ssl, ret)) {
-    case SSL_ERROR_WANT_READ:
-        return TLS_WANT_READ;
-    case SSL_ERROR_WANT_WRITE:
-        return TLS_WANT_WRITE;
-    case SSL_ERROR_ZERO_RETURN:
-        return fail(c, TLS_CLOSED, "the peer closed the TLS session");
-    case SSL_ERROR_SYSCALL: {
-        int err = c->transport == TLS_RING ? ringbio_last_errno(c->ringbio)
-                  : c->transport == TLS_FD ? saved_errno
-                                           : c->sys_errno;
-        if (ERR_peek_error() == 0 && err == 0)
-            return fail(c, TLS_EOF, "the transport ended without close_notify");
-        c->sys_errno = err;
-        size_t n = (size_t)snprintf(c->error, sizeof c->error, "%s", err ? strerror(err) : "");
-        error_queue(c->error, sizeof c->error, n);
-        return fail(c, TLS_ERROR, NULL);
-    }
-    case SSL_ERROR_SSL: {
-        unsigned long e = ERR_peek_error();
-        if (ERR_GET_LIB(e) == ERR_LIB_SSL && ERR_GET_REASON(e) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
-            ERR_clear_error();
-            return fail(c, TLS_EOF, "the transport ended without close_notify");
-        }
-        size_t n = error_queue(c->error, sizeof c->error, 0);
-        long v = SSL_get_verify_result(c->ssl);
-        if (v != X509_V_OK && n < sizeof c->error)
-            snprintf(c->error + n, sizeof c->error - n, " (%s)", X509_verify_cert_error_string(v));
-        return fail(c, TLS_ERROR, NULL);
-    }
-    default:
-        error_queue(c->error, sizeof c->error, 0);
-        return fail(c, TLS_ERROR, NULL);
-    }
-}
-
-/* --------------------------------------------------------- compound calls */
-
-long tls_flush(tls_conn *c)
-{
-    if (c->fd < 0 || c->transport == TLS_FD)
-        return c->dead ? TLS_ERROR : 0;
-    if (c->dead) { /* the alert OpenSSL queued is for the peer, as in flush_out */
-        if (tls_pending_out(c) > 0)
-            pump_out(c); /* best effort: the connection is dead either way */
-        return TLS_ERROR;
-    }
-    return pump_out(c);
-}
-
-/* After an SSL call that may have produced records: send them, even after a
- * fatal error (so does tls_flush, for TLS_CALLER_IO): the alert OpenSSL
- * queued is for the peer, which would otherwise wait for a handshake message
- * forever. */
-static int flush_out(tls_conn *c)
-{
-    if (c->fd >= 0 && c->transport != TLS_FD && !(c->flags & TLS_CALLER_IO) &&
-        tls_pending_out(c) > 0) {
-        int ended = c->read_status == TLS_EOF || c->read_status == TLS_ERROR;
-        long r = pump_out(c);
-        if (r == TLS_ERROR && !ended) /* else best effort: the reason is known */
-            return TLS_ERROR;
-    }
-    return 0;
-}
-
-int tls_handshake(tls_conn *c)
-{
-    if (c->dead)
-        return TLS_ERROR;
-    new_batch(c);
-    for (;;) {
-        clear_errors();
-        int r = SSL_do_handshake(c->ssl);
-        int status = r == 1 ? 0 : ssl_status(c, r);
-        if (flush_out(c) == TLS_ERROR)
-            return TLS_ERROR;
-        if (status == TLS_WANT_READ && pumped(c) && pump_in(c) > 0)
-            continue;
-        return status;
-    }
-}
-
-long tls_read(tls_conn *c, void *buf, size_t n)
-{
-    if (c->read_status)
-        return c->read_status;
-    new_batch(c);
-    for (;;) {
-        size_t got;
-        clear_errors();
-        if (SSL_read_ex(c->ssl, buf, n, &got)) {
-            counter_add(&c->plain_in, got);
-            counter_add(&c->reads, 1);
-            flush_out(c);
-            return (long)got;
-        }
-        int status = ssl_status(c, 0);
-        if (status == TLS_WANT_READ && pumped(c) && pump_in(c) > 0)
-            continue;
-        if (flush_out(c) == TLS_ERROR)
-            return TLS_ERROR;
-        return status;
-    }
-}
-
-long tls_read_ring(tls_conn *c, ring *plain)
-{
-    if (c->read_status)
-        return c->read_status;
-    new_batch(c);
-    long total = 0;
-    int status = 0;
-    for (;;) {
-        size_t room, got;
-        void *p = ring_reserve(plain, &room);
-        if (room == 0)
-            break;
-        clear_errors();
-        if (SSL_read_ex(c->ssl, p, room, &got)) { /* decrypted record -> ring */
-            ring_commit(plain, got);
-            total += (long)got;
-            counter_add(&c->plain_in, got);
-            counter_add(&c->reads, 1);
-            /* Nothing buffered anywhere: another SSL_read would only find
-             * that out (a call and an error-queue round trip per message). */
-            if (c->transport == TLS_RING && !(c->flags & TLS_RING_VIA_RING) &&
-                ringbio_idle(c->ringbio) && !SSL_has_pending(c->ssl))
-                break;
-            continue;
-        }
-        status = ssl_status(c, 0);
-        if (status == TLS_WANT_READ && pumped(c) && pump_in(c) > 0)
-            continue;
-        break;
-    }
-    if (flush_out(c) == TLS_ERROR && total == 0)
-        return TLS_ERROR;
-    return total > 0 ? total : status;
-}
-
-long tls_write(tls_conn *c, const void *buf, size_t n)
-{
-    if (c->dead)
-        return TLS_ERROR;
-    size_t total = 0;
-    int status = 0;
-    while (total < n) {
-        size_t put;
-        clear_errors();
-        if (SSL_write_ex(c->ssl, (const char *)buf + total, n - total, &put)) {
-            total += put;
-            counter_add(&c->plain_out, put);
-            counter_add(&c->writes, 1);
-            continue;
-        }
-        status = ssl_status(c, 0);
-        /* PAIR: the pair's buffer is full; sending makes room. */
-        if (status == TLS_WANT_WRITE && pumped(c) && pump_out(c) > 0)
-            continue;
-        break;
-    }
-    if (pumped(c) && tls_pending_out(c) > 0) {
-        long r = pump_out(c);
-        if (r == TLS_ERROR && total == 0)
-            return TLS_ERROR;
-    }
-    return total > 0 ? (long)total : status;
-}
-
-long tls_fill(tls_conn *c)
-{
-    if (c->transport != TLS_RING || c->fd < 0)
+    if (c->fd < 0)
         return 0;
     ssize_t got = ringbio_fill(c->ringbio);
     if (got > 0)
@@ -833,7 +477,636 @@ long tls_fill(tls_conn *c)
     return TLS_ERROR;
 }
 
-size_t tls_pending_in(tls_conn *c) { return c->rx ? ring_len(c->rx) : 0; }
+static size_t ring_feed(tls_conn *c, const void *data, size_t n) { return ring_write(c->rx, data, n); }
+static void ring_feed_eof(tls_conn *c) { ringbio_set_eof(c->ringbio); }
+static size_t ring_take(tls_conn *c, void *buf, size_t n) { return ring_read(c->tx, buf, n); }
+static size_t ring_pending_in(const tls_conn *c) { return ring_len(c->rx); }
+static size_t ring_pending_out(const tls_conn *c) { return ring_len(c->tx); }
+static void ring_new_batch(tls_conn *c) { ringbio_new_batch(c->ringbio); }
+
+static int ring_drained(const tls_conn *c)
+{
+    return !c->pumped && ringbio_idle(c->ringbio); /* pumped: the pump may find more */
+}
+
+static int ring_last_errno(const tls_conn *c) { return ringbio_last_errno(c->ringbio); }
+
+static void ring_kernel(const tls_conn *c, struct tls_ledger *out)
+{
+    struct ringbio_counters k;
+    ringbio_counters(c->ringbio, &k);
+    out->rx_syscalls = k.rx_syscalls;
+    out->rx_bytes = k.rx_bytes;
+    out->rx_direct = k.rx_direct;
+    out->tx_syscalls = k.tx_syscalls;
+    out->tx_bytes = k.tx_bytes;
+    out->tx_direct = k.tx_direct;
+    out->eagain = k.eagain;
+}
+
+static void ring_reset_kernel(tls_conn *c) { ringbio_reset_counters(c->ringbio); }
+
+static const struct tls_transport_ops ring_transport = {
+    .name = "ring",
+    .attach = ring_attach,
+    .detach = nothing,
+    .pump_in = ring_pump_in,
+    .pump_out = ring_pump_out,
+    .fill = ring_fill,
+    .feed = ring_feed,
+    .feed_eof = ring_feed_eof,
+    .take = ring_take,
+    .pending_in = ring_pending_in,
+    .pending_out = ring_pending_out,
+    .new_batch = ring_new_batch,
+    .drained = ring_drained,
+    .last_errno = ring_last_errno,
+    .kernel = ring_kernel,
+    .reset_kernel = ring_reset_kernel,
+};
+
+/* ------------------------------------ transports: TLS_MEM and TLS_PAIR */
+
+/* OpenSSL's own BIOs, as an event loop around them uses them: with a
+ * socket, the compound calls pump through a scratch buffer (recv,
+ * BIO_write; BIO_read, send), what send() refuses waiting in c->tx. */
+
+static int bio_attach_common(tls_conn *c, size_t ring_capacity)
+{
+    if ((c->tx = ring_create(ring_capacity, ring_flags(c))) == NULL)
+        return 0;
+    if (c->fd >= 0 && (c->scratch = malloc(SCRATCH_SIZE)) == NULL)
+        return 0;
+    c->pumped = c->fd >= 0 && !(c->flags & TLS_CALLER_IO);
+    return 1;
+}
+
+static int mem_attach(tls_conn *c, size_t ring_capacity)
+{
+    BIO *in = BIO_new(BIO_s_mem()), *out = BIO_new(BIO_s_mem());
+    if (in == NULL || out == NULL) {
+        BIO_free(in);
+        BIO_free(out);
+        return 0;
+    }
+    BIO_set_mem_eof_return(in, -1); /* empty means "retry", not EOF */
+    SSL_set_bio(c->ssl, in, out);
+    c->net_in = in;
+    c->net_out = out;
+    return bio_attach_common(c, ring_capacity);
+}
+
+static int pair_attach(tls_conn *c, size_t ring_capacity)
+{
+    BIO *inner, *outer;
+    if (!BIO_new_bio_pair(&inner, ring_capacity, &outer, ring_capacity))
+        return 0;
+    SSL_set_bio(c->ssl, inner, inner);
+    c->net_in = c->net_out = outer;
+    return bio_attach_common(c, ring_capacity);
+}
+
+static void pair_detach(tls_conn *c) { BIO_free(c->net_in); } /* our end */
+
+/* Up to n ciphertext bytes into the network-side BIO (one copy). */
+static size_t bio_feed(tls_conn *c, const void *data, size_t n)
+{
+    if (n == 0)
+        return 0;
+    int put = BIO_write(c->net_in, data, (int)min_sz(n, INT32_MAX));
+    if (put <= 0)
+        return 0;
+    counter_add(&c->bio_copies, 1);
+    counter_add(&c->bio_bytes, (uint64_t)put);
+    return (size_t)put;
+}
+
+static size_t mem_feed(tls_conn *c, const void *data, size_t n) { return bio_feed(c, data, n); }
+
+static size_t pair_feed(tls_conn *c, const void *data, size_t n)
+{
+    return bio_feed(c, data, min_sz(n, BIO_ctrl_get_write_guarantee(c->net_in)));
+}
+
+static void mem_feed_eof(tls_conn *c) { BIO_set_mem_eof_return(c->net_in, 0); }
+static void pair_feed_eof(tls_conn *c) { BIO_shutdown_wr(c->net_in); }
+
+/* One recv of up to `room` bytes into the network-side BIO. */
+static long bio_pump_in(tls_conn *c, size_t room)
+{
+    if (room == 0)
+        return 0;
+    ssize_t got;
+    do
+        got = recv(c->fd, c->scratch, room, 0);
+    while (got < 0 && errno == EINTR);
+    counter_add(&c->rx_syscalls, 1);
+    if (got < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            counter_add(&c->eagain, 1);
+            return 0;
+        }
+        return fail_errno(c, errno);
+    }
+    if (got == 0) { /* let the SSL object see the end of the stream */
+        c->io->feed_eof(c);
+        return eof_in(c);
+    }
+    counter_add(&c->rx_bytes, (uint64_t)got);
+    if (bio_feed(c, c->scratch, (size_t)got) != (size_t)got)
+        return tls_conn_fail(c, TLS_ERROR, "BIO_write into the network BIO failed");
+    return got;
+}
+
+static long mem_pump_in(tls_conn *c) { return bio_pump_in(c, SCRATCH_SIZE); }
+
+static long pair_pump_in(tls_conn *c)
+{
+    return bio_pump_in(c, min_sz(SCRATCH_SIZE, BIO_ctrl_get_write_guarantee(c->net_in)));
+}
+
+static size_t bio_pending_out(const tls_conn *c)
+{
+    return ring_len(c->tx) + (size_t)BIO_ctrl_pending(c->net_out);
+}
+
+/* Send what the SSL object wrote: first what send() refused before (c->tx),
+ * then from the BIO, taking no more than tx could absorb if send() refuses
+ * again. */
+static long bio_pump_out(tls_conn *c)
+{
+    long sent = 0;
+    if (!ring_empty(c->tx)) {
+        ssize_t put = ring_write_fd(c->tx, c->fd);
+        counter_add(&c->tx_syscalls, 1);
+        if (put == -EAGAIN)
+            counter_add(&c->eagain, 1);
+        else if (put < 0)
+            return fail_errno(c, (int)-put);
+        else {
+            counter_add(&c->tx_bytes, (uint64_t)put);
+            sent += put;
+        }
+        if (!ring_empty(c->tx))
+            return sent ? sent : TLS_WANT_WRITE;
+    }
+    for (;;) {
+        size_t want = min_sz(min_sz(SCRATCH_SIZE, (size_t)BIO_ctrl_pending(c->net_out)),
+                             ring_writable(c->tx));
+        if (want == 0)
+            break;
+        int n = BIO_read(c->net_out, c->scratch, (int)want);
+        if (n <= 0)
+            break;
+        counter_add(&c->bio_copies, 1);
+        counter_add(&c->bio_bytes, (uint64_t)n);
+        ssize_t put;
+        do
+            put = send(c->fd, c->scratch, (size_t)n, MSG_NOSIGNAL);
+        while (put < 0 && errno == EINTR);
+        counter_add(&c->tx_syscalls, 1);
+        if (put < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                return fail_errno(c, errno);
+            counter_add(&c->eagain, 1);
+            put = 0;
+        }
+        counter_add(&c->tx_bytes, (uint64_t)put);
+        sent += put;
+        if (put < n) { /* the rest fits: want was bounded by ring_writable */
+            ring_write(c->tx, c->scratch + put, (size_t)(n - put));
+            return sent ? sent : TLS_WANT_WRITE;
+        }
+    }
+    return sent;
+}
+
+static long no_fill(tls_conn *c)
+{
+    (void)c;
+    return 0;
+}
+
+static size_t bio_take(tls_conn *c, void *buf, size_t n)
+{
+    size_t got = ring_read(c->tx, buf, n); /* send() leftovers first */
+    if (got == n)
+        return got;
+    int more = BIO_read(c->net_out, (char *)buf + got, (int)min_sz(n - got, INT32_MAX));
+    if (more > 0) {
+        counter_add(&c->bio_copies, 1);
+        counter_add(&c->bio_bytes, (uint64_t)more);
+        got += (size_t)more;
+    }
+    return got;
+}
+
+static size_t mem_pending_in(const tls_conn *c) { return (size_t)BIO_ctrl_pending(c->net_in); }
+
+static size_t pair_pending_in(const tls_conn *c)
+{
+    return (size_t)BIO_ctrl_pending(SSL_get_rbio(c->ssl)); /* what our end wrote */
+}
+
+static int own_errno(const tls_conn *c) { return c->sys_errno; }
+
+static const struct tls_transport_ops mem_transport = {
+    .name = "mem",
+    .attach = mem_attach,
+    .detach = nothing,
+    .pump_in = mem_pump_in,
+    .pump_out = bio_pump_out,
+    .fill = no_fill,
+    .feed = mem_feed,
+    .feed_eof = mem_feed_eof,
+    .take = bio_take,
+    .pending_in = mem_pending_in,
+    .pending_out = bio_pending_out,
+    .new_batch = nothing,
+    .drained = never,
+    .last_errno = own_errno,
+    .kernel = own_kernel_counters,
+    .reset_kernel = reset_own_kernel_counters,
+};
+
+static const struct tls_transport_ops pair_transport = {
+    .name = "pair",
+    .attach = pair_attach,
+    .detach = pair_detach,
+    .pump_in = pair_pump_in,
+    .pump_out = bio_pump_out,
+    .fill = no_fill,
+    .feed = pair_feed,
+    .feed_eof = pair_feed_eof,
+    .take = bio_take,
+    .pending_in = pair_pending_in,
+    .pending_out = bio_pending_out,
+    .new_batch = nothing,
+    .drained = never,
+    .last_errno = own_errno,
+    .kernel = own_kernel_counters,
+    .reset_kernel = reset_own_kernel_counters,
+};
+
+/* --------------------------------------------------- transport: TLS_FD */
+
+/* SSL_set_fd: OpenSSL reads and writes the socket itself; the socket BIO's
+ * callback counts its system calls.  No sans-IO. */
+
+static long fd_callback(BIO *b, int oper, const char *argp, size_t len, int argi, long argl,
+                        int ret, size_t *processed)
+{
+    (void)argp, (void)len, (void)argi, (void)argl;
+    tls_conn *c = (tls_conn *)BIO_get_callback_arg(b);
+    int read = oper == (BIO_CB_READ | BIO_CB_RETURN);
+    if (c == NULL || (!read && oper != (BIO_CB_WRITE | BIO_CB_RETURN)))
+        return ret;
+    int err = errno; /* the socket call's, right before this callback */
+    counter_add(read ? &c->rx_syscalls : &c->tx_syscalls, 1);
+    if (ret > 0 && processed != NULL)
+        counter_add(read ? &c->rx_bytes : &c->tx_bytes, *processed);
+    else if (BIO_should_retry(b))
+        counter_add(&c->eagain, 1);
+    else
+        c->fd_errno = ret < 0 ? err : 0; /* 0: the end of the stream */
+    errno = err;
+    return ret;
+}
+
+static int fd_attach(tls_conn *c, size_t ring_capacity)
+{
+    (void)ring_capacity;
+    if (c->fd < 0) {
+        ERR_raise_data(ERR_LIB_SSL, ERR_R_PASSED_INVALID_ARGUMENT, "the fd transport needs a socket");
+        return 0;
+    }
+    if (!SSL_set_fd(c->ssl, c->fd))
+        return 0;
+    BIO *sock = SSL_get_rbio(c->ssl); /* the same BIO reads and writes */
+    BIO_set_callback_arg(sock, (char *)c);
+    BIO_set_callback_ex(sock, fd_callback);
+    c->pumped = 0;
+    return 1;
+}
+
+static long fd_pump(tls_conn *c)
+{
+    (void)c;
+    return 0;
+}
+
+static size_t fd_feed(tls_conn *c, const void *data, size_t n)
+{
+    (void)c, (void)data, (void)n;
+    return 0;
+}
+
+static size_t fd_take(tls_conn *c, void *buf, size_t n)
+{
+    (void)c, (void)buf, (void)n;
+    return 0; /* OpenSSL sends its records itself */
+}
+
+static int fd_last_errno(const tls_conn *c) { return c->fd_errno; }
+
+static void fd_kernel(const tls_conn *c, struct tls_ledger *out)
+{
+    own_kernel_counters(c, out);
+    out->rx_direct = out->rx_bytes; /* OpenSSL's buffers are the only ones */
+    out->tx_direct = out->tx_bytes;
+}
+
+static const struct tls_transport_ops fd_transport = {
+    .name = "fd",
+    .attach = fd_attach,
+    .detach = nothing,
+    .pump_in = fd_pump,
+    .pump_out = fd_pump,
+    .fill = no_fill,
+    .feed = fd_feed,
+    .feed_eof = nothing,
+    .take = fd_take,
+    .pending_in = no_bytes,
+    .pending_out = no_bytes,
+    .new_batch = nothing,
+    .drained = never,
+    .last_errno = fd_last_errno,
+    .kernel = fd_kernel,
+    .reset_kernel = reset_own_kernel_counters,
+};
+
+/* ------------------------------------------- records: OpenSSL's own */
+
+/* An SSL call's failure as a status, with the reason in c->error. */
+static int ssl_status(tls_conn *c, int ret)
+{
+    switch (SSL_get_error(c->ssl, ret)) {
+    case SSL_ERROR_WANT_READ:
+        return TLS_WANT_READ;
+    case SSL_ERROR_WANT_WRITE:
+        return TLS_WANT_WRITE;
+    case SSL_ERROR_ZERO_RETURN:
+        return tls_conn_fail(c, TLS_CLOSED, "the peer closed the TLS session");
+    case SSL_ERROR_SYSCALL: {
+        int err = c->io->last_errno(c);
+        if (ERR_peek_error() == 0 && err == 0)
+            return tls_conn_fail(c, TLS_EOF, "the transport ended without close_notify");
+        c->sys_errno = err;
+        size_t n = (size_t)snprintf(c->error, sizeof c->error, "%s", err ? strerror(err) : "");
+        error_queue(c->error, sizeof c->error, n);
+        return tls_conn_fail(c, TLS_ERROR, NULL);
+    }
+    case SSL_ERROR_SSL: {
+        unsigned long e = ERR_peek_error();
+        if (ERR_GET_LIB(e) == ERR_LIB_SSL && ERR_GET_REASON(e) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
+            ERR_clear_error();
+            return tls_conn_fail(c, TLS_EOF, "the transport ended without close_notify");
+        }
+        size_t n = error_queue(c->error, sizeof c->error, 0);
+        long v = SSL_get_verify_result(c->ssl);
+        if (v != X509_V_OK && n < sizeof c->error)
+            snprintf(c->error + n, sizeof c->error - n, " (%s)", X509_verify_cert_error_string(v));
+        return tls_conn_fail(c, TLS_ERROR, NULL);
+    }
+    default:
+        error_queue(c->error, sizeof c->error, 0);
+        return tls_conn_fail(c, TLS_ERROR, NULL);
+    }
+}
+
+static long ossl_read(tls_conn *c, void *buf, size_t n)
+{
+    size_t got;
+    clear_errors();
+    if (SSL_read_ex(c->ssl, buf, n, &got))
+        return (long)got;
+    return ssl_status(c, 0);
+}
+
+static long ossl_write(tls_conn *c, const void *buf, size_t n)
+{
+    size_t put;
+    clear_errors();
+    if (SSL_write_ex(c->ssl, buf, n, &put))
+        return (long)put;
+    return ssl_status(c, 0);
+}
+
+static int ossl_pending(const tls_conn *c)
+{
+    return SSL_pending(c->ssl) > 0 || SSL_has_pending(c->ssl);
+}
+
+static int ossl_shutdown(tls_conn *c)
+{
+    clear_errors();
+    int r = SSL_shutdown(c->ssl);
+    return r >= 0 ? r : ssl_status(c, r);
+}
+
+static const struct tls_record_ops openssl_records = {
+    .name = "openssl",
+    .read = ossl_read,
+    .write = ossl_write,
+    .pending = ossl_pending,
+    .shutdown = ossl_shutdown,
+};
+
+/* ---------------------------------------------------------- construction */
+
+static const struct tls_transport_ops *const transports[] = {
+    [TLS_RING] = &ring_transport,
+    [TLS_MEM] = &mem_transport,
+    [TLS_PAIR] = &pair_transport,
+    [TLS_FD] = &fd_transport,
+};
+
+static int set_hostname(SSL *ssl, const char *hostname)
+{
+    if (hostname == NULL || *hostname == '\0')
+        return 1;
+    if (is_ip(hostname))
+        return X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), hostname) == 1;
+    return SSL_set_tlsext_host_name(ssl, hostname) == 1 && SSL_set1_host(ssl, hostname) == 1;
+}
+
+tls_conn *tls_conn_new(SSL_CTX *ctx, int transport, int fd, size_t ring_capacity, int flags,
+                       const char *hostname)
+{
+    if (transport < 0 || (size_t)transport >= sizeof transports / sizeof transports[0] ||
+        ring_capacity == 0) {
+        ERR_raise_data(ERR_LIB_SSL, ERR_R_PASSED_INVALID_ARGUMENT,
+                       "transport %d, fd %d, ring capacity %zu", transport, fd, ring_capacity);
+        return NULL;
+    }
+    tls_conn *c = calloc(1, sizeof *c);
+    if (c == NULL || (c->ssl = SSL_new(ctx)) == NULL)
+        goto fail;
+    c->io = transports[transport];
+    c->rec = &openssl_records;
+    c->fd = fd;
+    c->flags = flags;
+    if (SSL_is_server(c->ssl))
+        SSL_set_accept_state(c->ssl);
+    else
+        SSL_set_connect_state(c->ssl);
+    if (!SSL_is_server(c->ssl) && !set_hostname(c->ssl, hostname))
+        goto fail;
+    if (flags & TLS_READ_AHEAD)
+        SSL_set_read_ahead(c->ssl, 1);
+    if (!c->io->attach(c, ring_capacity))
+        goto fail;
+    return c;
+fail:
+    tls_conn_free(c);
+    return NULL;
+}
+
+void tls_conn_free(tls_conn *c)
+{
+    if (c == NULL)
+        return;
+    SSL_free(c->ssl); /* frees the BIOs it was given */
+    if (c->io != NULL)
+        c->io->detach(c);
+    ring_destroy(c->rx);
+    ring_destroy(c->tx);
+    free(c->scratch);
+    free(c);
+}
+
+/* --------------------------------------------------------- compound calls */
+
+/* After a status: whether the pump brought ciphertext for a retry. */
+static int pumped_more(tls_conn *c, long status)
+{
+    return status == TLS_WANT_READ && c->pumped && c->io->pump_in(c) > 0;
+}
+
+/* After a call that may have produced records: send them, even after a fatal
+ * error (so does tls_flush, for TLS_CALLER_IO): the alert OpenSSL queued is
+ * for the peer, which would otherwise wait for a handshake message forever. */
+static int flush_out(tls_conn *c)
+{
+    if (c->fd >= 0 && !(c->flags & TLS_CALLER_IO) && c->io->pending_out(c) > 0) {
+        int ended = c->read_status == TLS_EOF || c->read_status == TLS_ERROR;
+        long r = c->io->pump_out(c);
+        if (r == TLS_ERROR && !ended) /* else best effort: the reason is known */
+            return TLS_ERROR;
+    }
+    return 0;
+}
+
+long tls_flush(tls_conn *c)
+{
+    if (c->fd < 0)
+        return c->dead ? TLS_ERROR : 0;
+    if (c->dead) { /* the alert OpenSSL queued is for the peer, as in flush_out */
+        if (c->io->pending_out(c) > 0)
+            c->io->pump_out(c); /* best effort: the connection is dead either way */
+        return TLS_ERROR;
+    }
+    return c->io->pump_out(c);
+}
+
+int tls_handshake(tls_conn *c)
+{
+    if (c->dead)
+        return TLS_ERROR;
+    c->io->new_batch(c);
+    for (;;) {
+        clear_errors();
+        int r = SSL_do_handshake(c->ssl);
+        int status = r == 1 ? 0 : ssl_status(c, r);
+        if (flush_out(c) == TLS_ERROR)
+            return TLS_ERROR;
+        if (pumped_more(c, status))
+            continue;
+        return status;
+    }
+}
+
+long tls_read(tls_conn *c, void *buf, size_t n)
+{
+    if (c->read_status)
+        return c->read_status;
+    c->io->new_batch(c);
+    for (;;) {
+        long got = c->rec->read(c, buf, n);
+        if (got > 0) {
+            counter_add(&c->plain_in, (uint64_t)got);
+            counter_add(&c->reads, 1);
+            flush_out(c);
+            return got;
+        }
+        if (pumped_more(c, got))
+            continue;
+        if (flush_out(c) == TLS_ERROR)
+            return TLS_ERROR;
+        return got;
+    }
+}
+
+long tls_read_ring(tls_conn *c, ring *plain)
+{
+    if (c->read_status)
+        return c->read_status;
+    c->io->new_batch(c);
+    long total = 0, status = 0;
+    for (;;) {
+        size_t room;
+        void *p = ring_reserve(plain, &room);
+        if (room == 0)
+            break;
+        long got = c->rec->read(c, p, room); /* decrypted record -> ring */
+        if (got > 0) {
+            ring_commit(plain, (size_t)got);
+            total += got;
+            counter_add(&c->plain_in, (uint64_t)got);
+            counter_add(&c->reads, 1);
+            /* Nothing buffered anywhere: another read would only find that
+             * out (a call and an error-queue round trip per message). */
+            if (c->io->drained(c) && !c->rec->pending(c))
+                break;
+            continue;
+        }
+        if (pumped_more(c, got))
+            continue;
+        status = got;
+        break;
+    }
+    if (flush_out(c) == TLS_ERROR && total == 0)
+        return TLS_ERROR;
+    return total > 0 ? total : status;
+}
+
+long tls_write(tls_conn *c, const void *buf, size_t n)
+{
+    if (c->dead)
+        return TLS_ERROR;
+    size_t total = 0;
+    long status = 0;
+    while (total < n) {
+        long put = c->rec->write(c, (const char *)buf + total, n - total);
+        if (put > 0) {
+            total += (size_t)put;
+            counter_add(&c->plain_out, (uint64_t)put);
+            counter_add(&c->writes, 1);
+            continue;
+        }
+        status = put;
+        /* PAIR: the pair's buffer is full; sending makes room. */
+        if (status == TLS_WANT_WRITE && c->pumped && c->io->pump_out(c) > 0)
+            continue;
+        break;
+    }
+    if (c->pumped && c->io->pending_out(c) > 0) {
+        long r = c->io->pump_out(c);
+        if (r == TLS_ERROR && total == 0)
+            return TLS_ERROR;
+    }
+    return total > 0 ? (long)total : status;
+}
 
 long tls_write_ring(tls_conn *c, ring *plain, size_t n)
 {
@@ -854,21 +1127,24 @@ long tls_write_ring(tls_conn *c, ring *plain, size_t n)
     return total;
 }
 
+long tls_fill(tls_conn *c) { return c->io->fill(c); }
+
+size_t tls_pending_in(tls_conn *c) { return c->io->pending_in(c); }
+
 int tls_shutdown(tls_conn *c)
 {
-    /* Not after a fatal error (OpenSSL forbids it), an unexpected EOF is one. */
+    /* Not after a fatal error (OpenSSL forbids it) nor after the stream
+     * ended without the peer's close_notify. */
     if (c->dead || c->read_status == TLS_EOF)
         return c->read_status == TLS_EOF ? TLS_EOF : TLS_ERROR;
     /* The second call reads the peer's close_notify: from the socket (a new
      * batch for the ring BIO), or through the pump. */
-    new_batch(c);
+    c->io->new_batch(c);
     for (;;) {
-        clear_errors();
-        int r = SSL_shutdown(c->ssl);
-        int status = r >= 0 ? r : ssl_status(c, r);
+        int status = c->rec->shutdown(c);
         if (flush_out(c) == TLS_ERROR)
             return TLS_ERROR;
-        if (status == TLS_WANT_READ && pumped(c) && pump_in(c) > 0)
+        if (pumped_more(c, status))
             continue;
         return status;
     }
@@ -876,90 +1152,17 @@ int tls_shutdown(tls_conn *c)
 
 /* --------------------------------------------------------------- sans-IO */
 
-size_t tls_feed(tls_conn *c, const void *data, size_t n)
-{
-    if (n > INT32_MAX)
-        n = INT32_MAX;
-    switch (c->transport) {
-    case TLS_RING:
-        return ring_write(c->rx, data, n);
-    case TLS_MEM:
-    case TLS_PAIR: {
-        if (c->transport == TLS_PAIR)
-            n = min_sz(n, BIO_ctrl_get_write_guarantee(c->net_in));
-        if (n == 0)
-            return 0;
-        int put = BIO_write(c->net_in, data, (int)n);
-        if (put <= 0)
-            return 0;
-        counter_add(&c->bio_copies, 1);
-        counter_add(&c->bio_bytes, (uint64_t)put);
-        return (size_t)put;
-    }
-    default:
-        return 0;
-    }
-}
+size_t tls_feed(tls_conn *c, const void *data, size_t n) { return c->io->feed(c, data, n); }
+void tls_feed_eof(tls_conn *c) { c->io->feed_eof(c); }
+size_t tls_take(tls_conn *c, void *buf, size_t n) { return c->io->take(c, buf, n); }
+size_t tls_pending_out(tls_conn *c) { return c->io->pending_out(c); }
 
-void tls_feed_eof(tls_conn *c)
-{
-    switch (c->transport) {
-    case TLS_RING:
-        ringbio_set_eof(c->ringbio);
-        break;
-    case TLS_MEM:
-        BIO_set_mem_eof_return(c->net_in, 0);
-        break;
-    case TLS_PAIR:
-        BIO_shutdown_wr(c->net_in);
-        break;
-    default:
-        break;
-    }
-}
-
-size_t tls_take(tls_conn *c, void *buf, size_t n)
-{
-    if (c->tx == NULL) /* TLS_FD: OpenSSL sends its records itself */
-        return 0;
-    size_t got = ring_read(c->tx, buf, n); /* RING; MEM/PAIR: send() leftovers */
-    if (got == n || c->net_out == NULL)
-        return got;
-    int more = BIO_read(c->net_out, (char *)buf + got, (int)min_sz(n - got, INT32_MAX));
-    if (more > 0) {
-        counter_add(&c->bio_copies, 1);
-        counter_add(&c->bio_bytes, (uint64_t)more);
-        got += (size_t)more;
-    }
-    return got;
-}
-
-size_t tls_pending_out(tls_conn *c)
-{
-    return (c->tx ? ring_len(c->tx) : 0) + net_pending(c);
-}
-
-int tls_has_pending(tls_conn *c)
-{
-    if (SSL_pending(c->ssl) > 0 || SSL_has_pending(c->ssl))
-        return 1;
-    if (c->transport == TLS_RING)
-        return !ring_empty(c->rx);
-    if (c->transport == TLS_MEM || c->transport == TLS_PAIR)
-        return BIO_ctrl_pending(c->net_in) > 0 || (c->transport == TLS_PAIR &&
-                                                   BIO_ctrl_pending(SSL_get_rbio(c->ssl)) > 0);
-    return 0;
-}
+int tls_has_pending(tls_conn *c) { return c->rec->pending(c) || c->io->pending_in(c) > 0; }
 
 /* ---------------------------------------------------------------- info */
 
 const char *tls_conn_error(const tls_conn *c) { return c->error; }
-int tls_conn_errno(const tls_conn *c)
-{
-    if (c->sys_errno == 0 && c->ringbio != NULL)
-        return ringbio_last_errno(c->ringbio);
-    return c->sys_errno;
-}
+int tls_conn_errno(const tls_conn *c) { return c->sys_errno ? c->sys_errno : c->io->last_errno(c); }
 
 const char *tls_version(const tls_conn *c)
 {
@@ -1010,27 +1213,7 @@ static void add_ring_stats(const ring *r, struct tls_ledger *out)
 void tls_get_ledger(tls_conn *c, struct tls_ledger *out)
 {
     memset(out, 0, sizeof *out);
-    if (c->transport == TLS_RING) {
-        struct ringbio_counters k;
-        ringbio_counters(c->ringbio, &k);
-        out->rx_syscalls = k.rx_syscalls;
-        out->rx_bytes = k.rx_bytes;
-        out->rx_direct = k.rx_direct;
-        out->tx_syscalls = k.tx_syscalls;
-        out->tx_bytes = k.tx_bytes;
-        out->tx_direct = k.tx_direct;
-        out->eagain = k.eagain;
-    } else {
-        out->rx_syscalls = counter_get(&c->rx_syscalls);
-        out->rx_bytes = counter_get(&c->rx_bytes);
-        out->tx_syscalls = counter_get(&c->tx_syscalls);
-        out->tx_bytes = counter_get(&c->tx_bytes);
-        out->eagain = counter_get(&c->eagain);
-        if (c->transport == TLS_FD) { /* OpenSSL's buffers are the only ones */
-            out->rx_direct = out->rx_bytes;
-            out->tx_direct = out->tx_bytes;
-        }
-    }
+    c->io->kernel(c, out);
     add_ring_stats(c->rx, out);
     add_ring_stats(c->tx, out);
     out->bio_copies = counter_get(&c->bio_copies);
@@ -1043,15 +1226,13 @@ void tls_get_ledger(tls_conn *c, struct tls_ledger *out)
 
 void tls_reset_ledger(tls_conn *c)
 {
-    if (c->ringbio != NULL)
-        ringbio_reset_counters(c->ringbio);
+    c->io->reset_kernel(c);
     if (c->rx != NULL)
         ring_reset_stats(c->rx);
     if (c->tx != NULL)
         ring_reset_stats(c->tx);
-    counter *all[] = {&c->rx_syscalls, &c->rx_bytes,  &c->tx_syscalls, &c->tx_bytes,
-                      &c->eagain,      &c->bio_copies, &c->bio_bytes,  &c->plain_in,
-                      &c->plain_out,   &c->reads,      &c->writes};
+    counter *all[] = {&c->bio_copies, &c->bio_bytes, &c->plain_in,
+                      &c->plain_out,  &c->reads,     &c->writes};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         counter_zero(all[i]);
 }

@@ -30,7 +30,7 @@ struct offload_job {
     struct wsecho *echo;      /* in */
     int flags;                /* in: wsecho flags */
     int id;                   /* in: the caller's (e.g. the socket's fd) */
-    long status;              /* out: wsecho_pump's result */
+    int status;               /* out: wsecho_pump's result (enum wsecho_status) */
     struct offload_job *next; /* the pool's: the dispatch's jobs, then the done list */
     struct offload_job *queued; /* the pool's: the next dispatch (on a first job) */
 };

@@ -164,40 +164,51 @@ static long classify(const unsigned char *p, size_t avail, size_t cap, struct ws
     return -1;
 }
 
-long wsecho_pump(tls_conn *c, ring *plain, struct wsecho *st, int flags)
+/* What a pump ends with: ENDED when the session has ended, else `status`. */
+static int settled(struct wsecho *st, int status)
+{
+    return st->ended ? WSECHO_ENDED : status;
+}
+
+int wsecho_pump(tls_conn *c, ring *plain, struct wsecho *st, int flags)
 {
     st->read_status = 0;
-    if (flags & WSECHO_READ)
+    st->ended = 0;
+    if (flags & WSECHO_READ) {
         st->read_status = receive(c, plain, st);
-    long ended = st->read_status == TLS_CLOSED || st->read_status == TLS_EOF ||
-                         st->read_status == TLS_ERROR
-                     ? st->read_status
-                     : WSECHO_WAIT;
+        if (st->read_status == TLS_CLOSED || st->read_status == TLS_EOF ||
+            st->read_status == TLS_ERROR)
+            st->ended = (int)st->read_status;
+    }
     if (!(flags & WSECHO_ECHO)) {
         st->text_done = 0; /* the framer may take the frame at the head */
-        return ended;
+        return settled(st, WSECHO_WAIT);
     }
     if (st->pending_len > 0) {
         long r = finish_pending(c, plain, st);
-        if (r <= 0)
-            return r == 0 ? WSECHO_BLOCKED : r;
+        if (r < 0) {
+            st->ended = (int)r;
+            return WSECHO_ENDED;
+        }
+        if (r == 0)
+            return WSECHO_BLOCKED;
     }
     const size_t cap = ring_cap(plain);
     for (;;) {
         struct iovec iov[2];
         if (ring_read_iov(plain, iov) == 0)
-            return ended;
+            return settled(st, WSECHO_WAIT);
         unsigned char *p = iov[0].iov_base; /* mirrored: all readable bytes */
         size_t hdr = 0;
         uint64_t len = 0;
         long kind = classify(p, iov[0].iov_len, cap, st, &hdr, &len);
-        if (kind == WSECHO_WAIT && ended == WSECHO_WAIT)
+        if (kind == WSECHO_WAIT && !st->ended)
             return WSECHO_WAIT; /* an incomplete frame: the only way the cache lives on */
         st->text_done = 0; /* from here on the head frame is complete, or not ours */
         if (kind == WSECHO_WAIT)
-            return ended;
+            return WSECHO_ENDED; /* an incomplete frame that will never complete */
         if (kind == WSECHO_SLOW || kind == WSECHO_BAD_UTF8)
-            return kind; /* BAD_UTF8: the caller fails the connection */
+            return (int)kind; /* BAD_UTF8: the caller fails the connection */
         int op = p[0] & 0x0f;
         uint32_t key = mask_key(p + hdr - 4);
         unsigned char *payload = p + hdr;
@@ -220,7 +231,11 @@ long wsecho_pump(tls_conn *c, ring *plain, struct wsecho *st, int flags)
         st->pending_len = shlen + len;
         st->pending_sent = 0;
         long r = finish_pending(c, plain, st);
-        if (r <= 0)
-            return r == 0 ? WSECHO_BLOCKED : r;
+        if (r < 0) {
+            st->ended = (int)r;
+            return WSECHO_ENDED;
+        }
+        if (r == 0)
+            return WSECHO_BLOCKED;
     }
 }

@@ -35,6 +35,8 @@ enum wsecho_status {
     WSECHO_SLOW = 1,     /* a frame for the framer is at the ring's head */
     WSECHO_BLOCKED = 2,  /* output full: flush when writable, then call again */
     WSECHO_BAD_UTF8 = 3, /* a text frame was not UTF-8: fail with 1007 */
+    WSECHO_ENDED = 4,    /* the session ended (`ended` says how) and every
+                            complete frame before its end was echoed */
 };
 
 struct wsecho {
@@ -42,7 +44,10 @@ struct wsecho {
     int fd;              /* in: the socket, for plain ws:// (c == NULL) */
     uint64_t messages;   /* out: echoed by the fast path */
     uint64_t bytes;      /* out: their payload bytes */
-    long read_status;    /* out: the last read's result (< 0: a status) */
+    long read_status;    /* out: the last read's result, as tls_read_ring's: bytes, or an
+                            enum tls_status (for plain ws:// too: TLS_EOF, TLS_ERROR) */
+    int ended;           /* out, with WSECHO_ENDED: how (an enum tls_status: TLS_CLOSED,
+                            TLS_EOF or TLS_ERROR, the last also for a failed write) */
     int sys_errno;       /* out: plain mode, the socket's errno after TLS_ERROR */
     /* An echo cut short by backpressure: it stays at the ring's head until
      * SSL_write has taken all of it.  Zero when none. */
@@ -58,10 +63,9 @@ struct wsecho {
     uint32_t text_state;
 };
 
-/* One call per readable event.  Returns an enum wsecho_status, or a TLS
- * status (TLS_CLOSED, TLS_EOF, TLS_ERROR) once nothing is left to echo.
- * c == NULL: plain WebSocket on st->fd (EOF is TLS_EOF, a socket error
- * TLS_ERROR with the errno in sys_errno). */
-long wsecho_pump(tls_conn *c, ring *plain, struct wsecho *st, int flags);
+/* One call per readable event: an enum wsecho_status.  c == NULL: plain
+ * WebSocket on st->fd (its end is TLS_EOF, a socket error TLS_ERROR with the
+ * errno in sys_errno). */
+int wsecho_pump(tls_conn *c, ring *plain, struct wsecho *st, int flags);
 
 #endif

@@ -198,12 +198,19 @@ static int output_pending(const struct slot *s)
     return s->st->pending_len > 0 || (s->c != NULL && tls_pending_out(s->c) > 0);
 }
 
-/* After the hot path: 0 when it may go on alone, else the status to report
- * (the connection goes cold). */
-static long settle(wsloop *l, struct slot *s, long status)
+/* The hot path failed on the loop's side (a socket or epoll error). */
+static int ended(struct slot *s, int tls_status)
 {
-    if (l->mode != WSLOOP_INLINE && tls_flush(s->c) == TLS_ERROR)
-        status = status < 0 ? status : TLS_ERROR;
+    s->st->ended = tls_status;
+    return WSECHO_ENDED;
+}
+
+/* After the hot path: WSECHO_WAIT when it may go on alone, else the wsecho
+ * status to report (the connection goes cold). */
+static int settle(wsloop *l, struct slot *s, int status)
+{
+    if (l->mode != WSLOOP_INLINE && tls_flush(s->c) == TLS_ERROR && status != WSECHO_ENDED)
+        status = ended(s, TLS_ERROR);
     if (status == WSECHO_WAIT && output_pending(s))
         status = WSECHO_BLOCKED;
     return status;
@@ -211,10 +218,10 @@ static long settle(wsloop *l, struct slot *s, long status)
 
 /* The design's inline step: echo what is there, again while the TLS layer
  * holds input the socket will not signal.  0 or a status to report. */
-static long run_inline(wsloop *l, struct slot *s)
+static int run_inline(wsloop *l, struct slot *s)
 {
     for (int i = 0; i < HOT_REPEATS; i++) {
-        long r = settle(l, s, wsecho_pump(s->c, s->plain, s->st, WSECHO_READ | WSECHO_ECHO));
+        int r = settle(l, s, wsecho_pump(s->c, s->plain, s->st, WSECHO_READ | WSECHO_ECHO));
         if (r != WSECHO_WAIT)
             return r;
         if (s->c == NULL || ring_writable(s->plain) == 0 || s->st->read_status <= 0 ||
@@ -253,8 +260,8 @@ static void submit_batch(wsloop *l)
     l->nbatch = 0;
 }
 
-/* Readiness of a hot connection: 0 handled, else a status to report. */
-static long serve(wsloop *l, int fd, struct slot *s)
+/* Readiness of a hot connection: WSECHO_WAIT handled, else a status to report. */
+static int serve(wsloop *l, int fd, struct slot *s)
 {
     if (l->mode == WSLOOP_INLINE)
         return run_inline(l, s);
@@ -266,7 +273,7 @@ static long serve(wsloop *l, int fd, struct slot *s)
         return 0;
     }
     if (got == TLS_ERROR)
-        return TLS_ERROR;
+        return ended(s, TLS_ERROR);
     if (got == TLS_WANT_READ && !tls_has_pending(s->c))
         return 0;
     if (l->mode == WSLOOP_THRESHOLD && tls_pending_in(s->c) < l->threshold && got != TLS_EOF)
@@ -275,8 +282,8 @@ static long serve(wsloop *l, int fd, struct slot *s)
     return 0;
 }
 
-/* A job is back: 0 handled (resubmitted or idle), else a status to report. */
-static long complete(wsloop *l, struct offload_job *job)
+/* A job is back: WSECHO_WAIT handled (resubmitted or idle), else a status to report. */
+static int complete(wsloop *l, struct offload_job *job)
 {
     struct slot *s = slot_of(l, job->id);
     l->inflight--;
@@ -284,8 +291,8 @@ static long complete(wsloop *l, struct offload_job *job)
         return 0;
     s->busy = 0;
     if (s->events != (EPOLLIN | EPOLLRDHUP) && set_events(l, job->id, s, EPOLLIN | EPOLLRDHUP) != 0)
-        return TLS_ERROR;
-    long r = settle(l, s, job->status);
+        return ended(s, TLS_ERROR);
+    int r = settle(l, s, job->status);
     if (r != WSECHO_WAIT)
         return r;
     /* Again if input came meanwhile (or the end of it), or if the job read
@@ -297,12 +304,20 @@ static long complete(wsloop *l, struct offload_job *job)
     return 0;
 }
 
-static int report(struct wsloop_event *out, int n, int fd, uint32_t events, long status)
+static int report(struct wsloop_event *out, int n, int fd, uint32_t events, int echo)
 {
     out[n].fd = fd;
     out[n].events = events;
-    out[n].status = status;
+    out[n].report = echo == WSECHO_WAIT ? WSLOOP_READY : WSLOOP_COLD;
+    out[n].echo = echo;
     return n + 1;
+}
+
+/* A hot connection's hot path stopped at `echo`: it is Python's again. */
+static int report_cold(struct wsloop_event *out, int n, int fd, struct slot *s, int echo)
+{
+    s->hot = 0;
+    return report(out, n, fd, 0, echo);
 }
 
 /* Serve the kicked hot connections as if readable, once each, with the room
@@ -317,11 +332,9 @@ static int serve_kicked(wsloop *l, struct wsloop_event *out, int n, int max)
         l->nkicked--;
         if (!s->hot)
             continue;
-        long r = serve(l, (int)fd, s);
-        if (r != 0) {
-            s->hot = 0;
-            n = report(out, n, (int)fd, EPOLLIN, r);
-        }
+        int r = serve(l, (int)fd, s);
+        if (r != WSECHO_WAIT)
+            n = report_cold(out, n, (int)fd, s, r);
     }
     return n;
 }
@@ -348,13 +361,11 @@ int wsloop_poll(wsloop *l, int timeout_ms, struct wsloop_event *out, int max)
         struct slot *s = slot_of(l, fd);
         if (s != NULL && s->hot) {
             counter_add(&l->hot_events, 1);
-            long r = serve(l, fd, s);
-            if (r != 0) {
-                s->hot = 0;
-                n = report(out, n, fd, events, r);
-            }
+            int r = serve(l, fd, s);
+            if (r != WSECHO_WAIT)
+                n = report_cold(out, n, fd, s, r);
         } else if (s != NULL && s->watched) {
-            n = report(out, n, fd, events, WSLOOP_RAW);
+            n = report(out, n, fd, events, WSECHO_WAIT);
         }
     }
     if (l->nkicked > 0)
@@ -362,11 +373,9 @@ int wsloop_poll(wsloop *l, int timeout_ms, struct wsloop_event *out, int max)
     if (pool_ready && n < max) { /* jobs beyond the room keep the eventfd readable */
         size_t done = offload_done(l->pool, l->done, (size_t)(max - n));
         for (size_t j = 0; j < done; j++) {
-            long r = complete(l, l->done[j]);
-            if (r != 0) {
-                l->slots[l->done[j]->id].hot = 0;
-                n = report(out, n, l->done[j]->id, 0, r);
-            }
+            int r = complete(l, l->done[j]);
+            if (r != WSECHO_WAIT)
+                n = report_cold(out, n, l->done[j]->id, &l->slots[l->done[j]->id], r);
         }
     }
     if (l->nbatch > 0)

@@ -12,8 +12,9 @@
  *   threshold  offload when the bytes waiting reach `threshold`, else inline.
  * The first result that needs a decision (a frame for the framer, output the
  * kernel refused, invalid UTF-8, the session ending) makes the connection
- * cold again and is reported as an event with that status.  Events of cold
- * connections and of other watched fds are reported as they come.
+ * cold again and is reported as a WSLOOP_COLD event with that wsecho status.
+ * Readiness of cold connections and of other watched fds is reported as
+ * WSLOOP_READY events as it comes.
  *
  * The loop keeps pointers to the connection's tls_conn, plaintext ring and
  * wsecho state: unwatch a connection before freeing them.
@@ -35,15 +36,20 @@ enum wsloop_mode {
     WSLOOP_THRESHOLD = 3,
 };
 
-/* An event for Python.  `status` is WSLOOP_RAW for a plain readiness event,
- * else what a hot connection's hot path ended with (a wsecho status or a
- * TLS status); the connection is cold from then on. */
-#define WSLOOP_RAW 100
+/* What an event reports. */
+enum wsloop_report {
+    WSLOOP_READY = 0, /* a watched fd Python serves is ready: see `events` */
+    WSLOOP_COLD = 1,  /* a hot connection's hot path stopped at something that
+                         needs a decision (`echo`); it is Python's again */
+};
 
 struct wsloop_event {
     int fd;
-    uint32_t events;
-    long status;
+    uint32_t events; /* WSLOOP_READY: the epoll events */
+    int report;      /* an enum wsloop_report */
+    int echo;        /* WSLOOP_COLD: an enum wsecho_status other than
+                        WSECHO_WAIT (with WSECHO_ENDED, the connection's
+                        struct wsecho says how it ended) */
 };
 
 struct wsloop_counters {

@@ -120,5 +120,6 @@ def test_anything_else_is_left_to_the_framer_untouched(echo: Echo, frame: bytes)
 
 def test_the_end_of_the_stream_is_reported(echo: Echo) -> None:
     echo.client.shutdown(socket.SHUT_WR)
-    assert echo.pump() == lib.TLS_EOF
+    assert echo.pump() == lib.WSECHO_ENDED
+    assert echo.st.ended == lib.TLS_EOF
     assert echo.st.sys_errno == 0  # an end, not a socket error

@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .._cdata import TLS_ENDS, EchoStatus, LoopReport
 from .._native import ffi, lib
 from ..ring import RingBuffer
 from ..tls import TLSConnection, TLSContext, TLSError
@@ -58,13 +59,6 @@ class _Phase(enum.IntEnum):
 _IN = select.EPOLLIN | select.EPOLLRDHUP
 _OUT = select.EPOLLOUT
 _READ, _ECHO = lib.WSECHO_READ, lib.WSECHO_ECHO
-_WAIT, _SLOW, _BLOCKED, _BAD_UTF8 = (
-    lib.WSECHO_WAIT,
-    lib.WSECHO_SLOW,
-    lib.WSECHO_BLOCKED,
-    lib.WSECHO_BAD_UTF8,
-)
-_ENDED = (lib.TLS_CLOSED, lib.TLS_EOF, lib.TLS_ERROR)  # a read's end of the stream
 _pump = lib.wsecho_pump
 
 
@@ -113,7 +107,6 @@ _LOOP_MODE = {
     Mode.BATCHED: lib.WSLOOP_BATCHED,
     Mode.THRESHOLD: lib.WSLOOP_THRESHOLD,
 }
-_RAW = lib.WSLOOP_RAW
 
 
 class Server:
@@ -198,7 +191,7 @@ class Server:
                     conn = conns.get(fd)
                     if conn is not None:
                         try:
-                            self._event(conn, e.events, e.status)
+                            self._event(conn, e.report, e.events, e.echo)
                         except Exception:  # a bug must cost one connection, not all
                             self._internal_error(conn)
                     elif fd == listen_fd:
@@ -279,11 +272,11 @@ class Server:
 
     # ------------------------------------------------------------- events
 
-    def _event(self, conn: _Conn, events: int, status: int) -> None:
+    def _event(self, conn: _Conn, report: int, events: int, echo: int) -> None:
         try:
-            if status != _RAW:  # the C loop's hot path stopped: it is ours again
+            if report == LoopReport.COLD:  # the C loop's hot path stopped: it is ours again
                 conn.hot = False
-                self._status(conn, status, _READ | _ECHO)
+                self._status(conn, echo, _READ | _ECHO)
                 if self._input_buffered(conn):
                     self._read_open(conn)
                 return
@@ -397,21 +390,21 @@ class Server:
 
     def _status(self, conn: _Conn, status: int, flags: int) -> None:
         """Act on a wsecho_pump result (the connection is cold: it is ours)."""
-        if status == _WAIT:
+        if status == EchoStatus.WAIT:
             if not flags & _ECHO and len(conn.plain):
                 self._framer(conn)
-        elif status == _SLOW:
-            ended = conn.echo.read_status in _ENDED  # (read first: the framer's pumps reset it)
+        elif status == EchoStatus.SLOW:
+            ended = conn.echo.read_status in TLS_ENDS  # (read first: the framer's pumps reset it)
             self._framer(conn)
             if ended and conn.phase is _Phase.OPEN and conn.fd in self.conns:
                 self._close(conn)  # no more input: the frame the framer waits on never completes
                 return
-        elif status == _BAD_UTF8:
+        elif status == EchoStatus.BAD_UTF8:
             conn.plain.reset()  # the frame is garbage now; nothing after it is read
             conn.ws.fail(1007, "invalid UTF-8 in a text message")
             self._send(conn, conn.ws.data_to_send())
             conn.phase = _Phase.CLOSING
-        elif status < 0:  # the peer closed (close_notify, EOF) or the session broke
+        elif status == EchoStatus.ENDED:  # the peer closed (close_notify, EOF) or it broke
             self._close(conn)
             return
         if conn.fd not in self.conns:
@@ -445,7 +438,7 @@ class Server:
                 return  # (n == 0: an incomplete frame the framer waits on; it is not plain)
             # Between messages again with bytes left: the fast path takes them.
             status = _pump(conn.c, conn.plain_r, conn.echo, _ECHO)
-            if status != _SLOW:
+            if status != EchoStatus.SLOW:
                 if self.caller_io:
                     conn.tls.flush()  # type: ignore[union-attr]
                 self._status(conn, status, _ECHO)

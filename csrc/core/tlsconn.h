@@ -1,0 +1,118 @@
+/*
+ * tlsconn.h - the inside of a tls_conn, for the files that implement one of
+ * its two pluggable halves (not part of the extension's API: cffi never
+ * reads it).
+ *
+ * A connection is put together from two tables of operations, chosen once in
+ * tls_conn_new, as Redis's ae.c keeps its polling backends: nothing outside
+ * that choice asks which transport or record layer a connection has.
+ *
+ *   struct tls_transport_ops  how ciphertext moves between the socket (or
+ *                             the sans-IO caller) and the SSL object:
+ *                             TLS_RING, TLS_MEM, TLS_PAIR, TLS_FD (tls.c);
+ *   struct tls_record_ops     who seals and opens application-data records
+ *                             once the handshake is done: OpenSSL's
+ *                             SSL_read/SSL_write (tls.c), or a record layer
+ *                             of wsstls's own that takes over after the
+ *                             handshake by setting c->rec.  The handshake
+ *                             itself is always OpenSSL's.
+ *
+ * Statuses: every operation that can fail returns an enum tls_status (< 0)
+ * and leaves the reason with tls_conn_fail(); a new kind of waiting (say,
+ * TLS_WANT_ASYNC) is a new value that the compound calls pass through to the
+ * caller like TLS_WANT_WRITE.
+ */
+#ifndef WSSTLS_TLSCONN_H
+#define WSSTLS_TLSCONN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <openssl/ssl.h>
+
+#include "counter.h"
+#include "ring.h"
+#include "tls.h"
+
+struct tls_transport_ops {
+    const char *name;
+    /* Give c->ssl its BIOs (and c its rings) for c->fd (< 0: sans-IO) and
+     * set c->pumped.  1, or 0 with OpenSSL's error queue saying why. */
+    int (*attach)(tls_conn *c, size_t ring_capacity);
+    /* Free what SSL_free does not (called after it). */
+    void (*detach)(tls_conn *c);
+    /* c->pumped only: one receive from the socket into the transport.
+     * > 0 bytes, 0 nothing moved (would block, no room; or the end of the
+     * stream, reported once as 1 so that the caller's retry sees it), or a
+     * status. */
+    long (*pump_in)(tls_conn *c);
+    /* With a socket: send queued ciphertext.  Bytes sent, or a status
+     * (TLS_WANT_WRITE while some is still queued). */
+    long (*pump_out)(tls_conn *c);
+    /* tls_fill (TLS_CALLER_IO): see tls.h. */
+    long (*fill)(tls_conn *c);
+    /* Sans-IO: see tls_feed, tls_feed_eof, tls_take in tls.h. */
+    size_t (*feed)(tls_conn *c, const void *data, size_t n);
+    void (*feed_eof)(tls_conn *c);
+    size_t (*take)(tls_conn *c, void *buf, size_t n);
+    /* Ciphertext taken from the peer and not yet read by the record layer. */
+    size_t (*pending_in)(const tls_conn *c);
+    /* Ciphertext waiting for the socket (sans-IO: to be taken). */
+    size_t (*pending_out)(const tls_conn *c);
+    /* A new readiness event: the socket may have data again. */
+    void (*new_batch)(tls_conn *c);
+    /* 1 when a read could only find nothing (nothing buffered, the socket
+     * known drained in this batch), so a futile SSL_read can be skipped. */
+    int (*drained)(const tls_conn *c);
+    /* errno of the transport's last failed socket call, 0 if none. */
+    int (*last_errno)(const tls_conn *c);
+    /* The kernel half of the ledger: rx/tx system calls, bytes, direct
+     * bytes, EAGAINs. */
+    void (*kernel)(const tls_conn *c, struct tls_ledger *out);
+    void (*reset_kernel)(tls_conn *c);
+};
+
+struct tls_record_ops {
+    const char *name;
+    /* Decrypt up to n bytes into buf: bytes (> 0), or a status. */
+    long (*read)(tls_conn *c, void *buf, size_t n);
+    /* Encrypt up to n bytes from buf: bytes accepted (> 0), or a status. */
+    long (*write)(tls_conn *c, const void *buf, size_t n);
+    /* 1 when decrypted bytes or whole records wait inside the layer. */
+    int (*pending)(const tls_conn *c);
+    /* Send close_notify, and read the peer's: 1 both done, 0 not yet, or a
+     * status. */
+    int (*shutdown)(tls_conn *c);
+};
+
+struct tls_conn {
+    SSL *ssl;
+    const struct tls_transport_ops *io;
+    const struct tls_record_ops *rec;
+    int fd, flags;
+    int pumped; /* the compound calls move ciphertext between the socket and
+                   the BIO (MEM, PAIR, RING via its rings), rather than the BIO
+                   doing the socket I/O itself; set by attach */
+    ring *rx, *tx;   /* TLS_RING: the ciphertext rings; MEM/PAIR: tx holds
+                        what send() refused */
+    BIO *ringbio;    /* TLS_RING (owned by ssl) */
+    BIO *net_in;     /* MEM: the read BIO (owned by ssl); PAIR: our end */
+    BIO *net_out;    /* MEM: the write BIO (owned by ssl); PAIR: our end */
+    unsigned char *scratch;
+    int read_status; /* sticky once the read side ended: CLOSED, EOF, ERROR */
+    int dead;        /* TLS_ERROR seen: every call fails */
+    int pumped_eof;  /* the pump read the end of the socket's stream */
+    int sys_errno;   /* a pump's failed socket call */
+    int fd_errno;    /* TLS_FD: the socket BIO's last failed call */
+    char error[512];
+    /* FD: kernel traffic seen through the socket BIO's callback; MEM/PAIR:
+     * the pumps'.  TLS_RING keeps its own in the ring BIO. */
+    counter rx_syscalls, rx_bytes, tx_syscalls, tx_bytes, eagain;
+    counter bio_copies, bio_bytes, plain_in, plain_out, reads, writes;
+};
+
+/* Record a failure: the status, returned, and the first failure's reason
+ * (what == NULL: c->error was written already). */
+int tls_conn_fail(tls_conn *c, int status, const char *what);
+
+#endif
