@@ -86,6 +86,7 @@ class LoadResult:
     stopped: bool = False  # the stop event ended it early
     timed_out: bool = False  # the hard deadline ended it
     first_error: str | None = None  # the first failure, if any
+    thread_cpu: tuple[float, ...] = ()  # each thread's load over its window (cores)
 
     @property
     def seed_mb_per_s(self) -> float:
@@ -367,4 +368,5 @@ def _merge(outs: list[Any], *, url: str, size: int, text: bool, connections: int
         stopped=any(o.stopped for o in outs),
         timed_out=any(o.timed_out for o in outs),
         first_error=errors[0] if errors else None,
+        thread_cpu=tuple(o.cpu_ns / o.wall_ns if o.wall_ns else 0.0 for o in outs),
     )

@@ -176,6 +176,8 @@ def test_threads_split_and_merge(echo_server: str) -> None:
     r = run(echo_server, connections=5, size=64, threads=2, **SHORT)
     check_clean(r, 5)
     assert r.threads == 2
+    assert len(r.thread_cpu) == 2 and all(0 <= load <= 1.01 for load in r.thread_cpu)
+    assert sum(r.thread_cpu) == pytest.approx(r.client_cpu)
 
 
 def test_verifying_client_context(cert_files: tuple[str, str]) -> None:

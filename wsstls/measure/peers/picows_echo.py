@@ -11,6 +11,10 @@ of the loop's ``ssl.MemoryBIO`` path.  ``--aiofastnet off`` forces the loop's ow
 
     python wsstls/measure/peers/picows_echo.py --host 127.0.0.1 --port 0 [--tls --cert F --key F]
         [--loop asyncio|uvloop] [--cpu N] [--max-size BYTES] [--aiofastnet auto|on|off]
+        [--reuse-port]
+
+``--reuse-port`` lets several processes share the port (the bench's scaling table runs one
+per core, each pinned with ``--cpu``, as picows recommends for using several cores).
 """
 
 from __future__ import annotations
@@ -88,6 +92,11 @@ def add_options(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="use aiofastnet transports (auto: if installed, as picows does)",
     )
+    p.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="bind with SO_REUSEPORT: several processes share the port (one per core)",
+    )
 
 
 async def start(args: argparse.Namespace, ssl_context: ssl.SSLContext | None) -> common.Running:
@@ -106,6 +115,7 @@ async def start(args: argparse.Namespace, ssl_context: ssl.SSLContext | None) ->
         enable_auto_pong=True,
         enable_auto_ping=False,
         use_aiofastnet=use_fastnet,
+        reuse_port=args.reuse_port or None,
     )
 
     async def close() -> None:
