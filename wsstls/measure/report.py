@@ -249,11 +249,15 @@ def comparison(what: str, x: Cell, y: Cell, xname: str, yname: str) -> str:
             f"server CPU per message {y.server_us_per_msg:.1f} vs {x.server_us_per_msg:.1f} us "
             f"({y.server_us_per_msg / x.server_us_per_msg:.2f}x)"
         )
+    shared = [n for n, c in ((xname, x), (yname, y)) if c.shares_client_cpus]
+    tail = f"; {' and '.join(shared)} shared the client's CPUs" if shared else ""
     bound = [n for n, c in ((xname, x), (yname, y)) if c.client_bound]
     if bound:
         return (
             f"  {what}: {yname} vs {xname}: no conclusion from msg/s, the client was saturated "
-            f"in {' and '.join(bound)}'s cell; " + (cpu or "no server CPU figure either")
+            f"in the cell of {' and '.join(bound)}; "
+            + (cpu or "no server CPU figure either")
+            + tail
         )
     rs = paired_ratios(y, x)
     if not rs:
@@ -266,8 +270,8 @@ def comparison(what: str, x: Cell, y: Cell, xname: str, yname: str) -> str:
     if cpu:
         text += f"; {cpu}"
     if shaky:
-        text += f"; unsteady runs in {' and '.join(shaky)}'s cell: re-run before concluding"
-    return text
+        text += f"; the runs of {' and '.join(shaky)} disagree: re-run before concluding"
+    return text + tail
 
 
 def legend() -> str:

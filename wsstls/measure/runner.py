@@ -410,6 +410,13 @@ class Runner:
                         f"{s.lat_p50_us:7.0f} us  server {cpu}  client {s.client_cpu:.2f} "
                         f"(sat. {s.client_saturation:.2f})  (run {rep + 1}/{self.repeat})"
                     )
+        except BenchError as exc:  # say what the servers said
+            for r in running.values():
+                failures += r.stop()
+            running.clear()
+            if failures:
+                raise BenchError("\n".join([str(exc), "servers failed:", *failures])) from None
+            raise
         finally:
             for r in running.values():
                 failures += r.stop()
