@@ -538,6 +538,18 @@ class TLSConnection:
         waiting for the socket to be readable."""
         return bool(lib.tls_has_pending(self._live()))
 
+    def park(self) -> bool:
+        """Give back the buffers an idle connection does not need (its ciphertext rings or
+        pump buffers, OpenSSL's record buffers): True when parked, False when bytes are in
+        flight (or the handshake is not done, or the connection failed).  The next read or
+        write takes them again by itself."""
+        return bool(lib.tls_park(self._live()))
+
+    @property
+    def parked(self) -> bool:
+        """True while the connection's buffers are given back (see ``park``)."""
+        return bool(lib.tls_parked(self._live()))
+
     def shutdown(self) -> bool:
         """Send close_notify; True when the peer's close_notify was received as well."""
         status = lib.tls_shutdown(self._live())

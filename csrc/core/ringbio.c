@@ -33,6 +33,10 @@ struct ringbio {
     counter rx_syscalls, rx_bytes, rx_direct, tx_syscalls, tx_bytes, tx_direct, eagain;
 };
 
+/* Queries that hold while the connection is parked (no rings). */
+static int none_in(const ring *r) { return r == NULL || ring_empty(r); }
+static size_t len_of(const ring *r) { return r != NULL ? ring_len(r) : 0; }
+
 /* --------------------------------------------------------- socket calls */
 
 static int would_block(int err) { return err == EAGAIN || err == EWOULDBLOCK; }
@@ -156,14 +160,14 @@ static long rb_ctrl(BIO *b, int cmd, long num, void *ptr)
     struct ringbio *s = BIO_get_data(b);
     switch (cmd) {
     case BIO_CTRL_PENDING:
-        return (long)ring_len(s->rx);
+        return (long)len_of(s->rx);
     case BIO_CTRL_WPENDING:
-        return (long)ring_len(s->tx);
+        return (long)len_of(s->tx);
     case BIO_CTRL_FLUSH:
         /* Queued ciphertext is as good as sent: the owner of the socket
          * flushes tx when it turns writable.  Answering "not flushed" here
          * would only stall the handshake on a full socket buffer. */
-        if ((s->flags & RINGBIO_WRITE_FD) && !ring_empty(s->tx))
+        if ((s->flags & RINGBIO_WRITE_FD) && !none_in(s->tx))
             ringbio_flush(b);
         return 1;
     case BIO_CTRL_EOF:
@@ -232,6 +236,13 @@ BIO *ringbio_new(ring *rx, ring *tx, int fd, int flags)
     return b;
 }
 
+void ringbio_set_rings(BIO *b, ring *rx, ring *tx)
+{
+    struct ringbio *s = BIO_get_data(b);
+    s->rx = rx;
+    s->tx = tx;
+}
+
 /* ------------------------------------------------------------ loop side */
 
 ssize_t ringbio_fill(BIO *b)
@@ -255,7 +266,7 @@ ssize_t ringbio_fill(BIO *b)
 ssize_t ringbio_flush(BIO *b)
 {
     struct ringbio *s = BIO_get_data(b);
-    if (ring_empty(s->tx))
+    if (none_in(s->tx))
         return 0;
     ssize_t put = ring_write_fd(s->tx, s->fd);
     counter_add(&s->tx_syscalls, 1);
@@ -277,7 +288,7 @@ void ringbio_set_eof(BIO *b)
 int ringbio_eof(BIO *b)
 {
     struct ringbio *s = BIO_get_data(b);
-    return atomic_load_explicit(&s->eof, memory_order_acquire) && ring_empty(s->rx);
+    return atomic_load_explicit(&s->eof, memory_order_acquire) && none_in(s->rx);
 }
 
 void ringbio_new_batch(BIO *b)
@@ -289,7 +300,7 @@ void ringbio_new_batch(BIO *b)
 int ringbio_idle(BIO *b)
 {
     struct ringbio *s = BIO_get_data(b);
-    if (!ring_empty(s->rx))
+    if (!none_in(s->rx))
         return 0;
     return !(s->flags & RINGBIO_READ_FD) || s->drained;
 }

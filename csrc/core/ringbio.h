@@ -46,6 +46,9 @@ struct ringbio_counters {
 
 /* NULL on allocation failure (OpenSSL error queue set). */
 BIO *ringbio_new(ring *rx, ring *tx, int fd, int flags);
+/* Swap the rings (both NULL while the connection is parked: the BIO must
+ * then not be used). */
+void ringbio_set_rings(BIO *b, ring *rx, ring *tx);
 
 /* Loop-thread side of a sans-IO BIO with a socket: readv into rx (one call),
  * and send what tx holds.  Same returns as ring_read_fd/ring_write_fd; an

@@ -389,6 +389,27 @@ static int never(const tls_conn *c)
     return 0;
 }
 
+static int can_always(tls_conn *c)
+{
+    (void)c;
+    return 1;
+}
+
+static size_t held(const ring *r) { return r != NULL ? ring_len(r) : 0; }
+
+/* Free a ring (parking), keeping its copy counts for the ledger. */
+static void drop_ring(tls_conn *c, ring **r)
+{
+    if (*r == NULL)
+        return;
+    uint64_t s[2];
+    ring_stats(*r, s);
+    c->parked_ring_copies += s[0];
+    c->parked_ring_bytes += s[1];
+    ring_destroy(*r);
+    *r = NULL;
+}
+
 /* The counters kept in the tls_conn (FD, MEM, PAIR): the kernel's half. */
 static void own_kernel_counters(const tls_conn *c, struct tls_ledger *out)
 {
@@ -479,9 +500,12 @@ static long ring_fill(tls_conn *c)
 
 static size_t ring_feed(tls_conn *c, const void *data, size_t n) { return ring_write(c->rx, data, n); }
 static void ring_feed_eof(tls_conn *c) { ringbio_set_eof(c->ringbio); }
-static size_t ring_take(tls_conn *c, void *buf, size_t n) { return ring_read(c->tx, buf, n); }
-static size_t ring_pending_in(const tls_conn *c) { return ring_len(c->rx); }
-static size_t ring_pending_out(const tls_conn *c) { return ring_len(c->tx); }
+static size_t ring_take(tls_conn *c, void *buf, size_t n)
+{
+    return c->tx != NULL ? ring_read(c->tx, buf, n) : 0;
+}
+static size_t ring_pending_in(const tls_conn *c) { return held(c->rx); }
+static size_t ring_pending_out(const tls_conn *c) { return held(c->tx); }
 static void ring_new_batch(tls_conn *c) { ringbio_new_batch(c->ringbio); }
 
 static int ring_drained(const tls_conn *c)
@@ -506,6 +530,24 @@ static void ring_kernel(const tls_conn *c, struct tls_ledger *out)
 
 static void ring_reset_kernel(tls_conn *c) { ringbio_reset_counters(c->ringbio); }
 
+static void ring_park(tls_conn *c)
+{
+    ringbio_set_rings(c->ringbio, NULL, NULL);
+    drop_ring(c, &c->rx);
+    drop_ring(c, &c->tx);
+}
+
+static int ring_unpark(tls_conn *c)
+{
+    if ((c->rx = ring_create(c->ring_capacity, ring_flags(c))) == NULL ||
+        (c->tx = ring_create(c->ring_capacity, ring_flags(c))) == NULL) {
+        drop_ring(c, &c->rx);
+        return 0;
+    }
+    ringbio_set_rings(c->ringbio, c->rx, c->tx);
+    return 1;
+}
+
 static const struct tls_transport_ops ring_transport = {
     .name = "ring",
     .attach = ring_attach,
@@ -523,6 +565,8 @@ static const struct tls_transport_ops ring_transport = {
     .last_errno = ring_last_errno,
     .kernel = ring_kernel,
     .reset_kernel = ring_reset_kernel,
+    .park = ring_park,
+    .unpark = ring_unpark,
 };
 
 /* ------------------------------------ transports: TLS_MEM and TLS_PAIR */
@@ -567,6 +611,20 @@ static int pair_attach(tls_conn *c, size_t ring_capacity)
 }
 
 static void pair_detach(tls_conn *c) { BIO_free(c->net_in); } /* our end */
+
+static void bio_park(tls_conn *c)
+{
+    drop_ring(c, &c->tx);
+    free(c->scratch);
+    c->scratch = NULL;
+}
+
+static int bio_unpark(tls_conn *c)
+{
+    if ((c->tx = ring_create(c->ring_capacity, ring_flags(c))) == NULL)
+        return 0;
+    return c->fd < 0 || (c->scratch = malloc(SCRATCH_SIZE)) != NULL;
+}
 
 /* Up to n ciphertext bytes into the network-side BIO (one copy). */
 static size_t bio_feed(tls_conn *c, const void *data, size_t n)
@@ -627,7 +685,7 @@ static long pair_pump_in(tls_conn *c)
 
 static size_t bio_pending_out(const tls_conn *c)
 {
-    return ring_len(c->tx) + (size_t)BIO_ctrl_pending(c->net_out);
+    return held(c->tx) + (size_t)BIO_ctrl_pending(c->net_out);
 }
 
 /* Send what the SSL object wrote: first what send() refused before (c->tx),
@@ -689,7 +747,7 @@ static long no_fill(tls_conn *c)
 
 static size_t bio_take(tls_conn *c, void *buf, size_t n)
 {
-    size_t got = ring_read(c->tx, buf, n); /* send() leftovers first */
+    size_t got = c->tx != NULL ? ring_read(c->tx, buf, n) : 0; /* send() leftovers first */
     if (got == n)
         return got;
     int more = BIO_read(c->net_out, (char *)buf + got, (int)min_sz(n - got, INT32_MAX));
@@ -727,6 +785,8 @@ static const struct tls_transport_ops mem_transport = {
     .last_errno = own_errno,
     .kernel = own_kernel_counters,
     .reset_kernel = reset_own_kernel_counters,
+    .park = bio_park,
+    .unpark = bio_unpark,
 };
 
 static const struct tls_transport_ops pair_transport = {
@@ -746,6 +806,8 @@ static const struct tls_transport_ops pair_transport = {
     .last_errno = own_errno,
     .kernel = own_kernel_counters,
     .reset_kernel = reset_own_kernel_counters,
+    .park = bio_park,
+    .unpark = bio_unpark,
 };
 
 /* --------------------------------------------------- transport: TLS_FD */
@@ -833,6 +895,8 @@ static const struct tls_transport_ops fd_transport = {
     .last_errno = fd_last_errno,
     .kernel = fd_kernel,
     .reset_kernel = reset_own_kernel_counters,
+    .park = nothing,
+    .unpark = can_always,
 };
 
 /* ------------------------------------------- records: OpenSSL's own */
@@ -946,6 +1010,7 @@ tls_conn *tls_conn_new(SSL_CTX *ctx, int transport, int fd, size_t ring_capacity
     c->rec = &openssl_records;
     c->fd = fd;
     c->flags = flags;
+    c->ring_capacity = ring_capacity;
     if (SSL_is_server(c->ssl))
         SSL_set_accept_state(c->ssl);
     else
@@ -977,6 +1042,41 @@ void tls_conn_free(tls_conn *c)
 
 /* --------------------------------------------------------- compound calls */
 
+/* ---------------------------------------------------------------- memory */
+
+int tls_park(tls_conn *c)
+{
+    if (c->parked)
+        return 1;
+    if (c->dead || c->read_status || c->rec != &openssl_records ||
+        !SSL_is_init_finished(c->ssl) || c->io->pending_in(c) > 0 || c->io->pending_out(c) > 0 ||
+        c->rec->pending(c) || !SSL_free_buffers(c->ssl))
+        return 0;
+    c->io->park(c);
+    c->parked = 1;
+    return 1;
+}
+
+int tls_unpark(tls_conn *c)
+{
+    if (!c->parked)
+        return 0;
+    if (!c->io->unpark(c)) {
+        c->io->park(c); /* what was made goes again: still parked, and failed */
+        return tls_conn_fail(c, TLS_ERROR, "out of memory for the connection's buffers");
+    }
+    c->parked = 0;
+    return 0;
+}
+
+int tls_parked(const tls_conn *c) { return c->parked; }
+
+/* Before a call that moves bytes: the buffers back.  0, or TLS_ERROR. */
+static inline int awake(tls_conn *c)
+{
+    return c->parked ? tls_unpark(c) : 0;
+}
+
 /* After a status: whether the pump brought ciphertext for a retry. */
 static int pumped_more(tls_conn *c, long status)
 {
@@ -999,7 +1099,7 @@ static int flush_out(tls_conn *c)
 
 long tls_flush(tls_conn *c)
 {
-    if (c->fd < 0)
+    if (c->fd < 0 || c->parked) /* parked: nothing is queued */
         return c->dead ? TLS_ERROR : 0;
     if (c->dead) { /* the alert OpenSSL queued is for the peer, as in flush_out */
         if (c->io->pending_out(c) > 0)
@@ -1011,7 +1111,7 @@ long tls_flush(tls_conn *c)
 
 int tls_handshake(tls_conn *c)
 {
-    if (c->dead)
+    if (c->dead || awake(c) < 0)
         return TLS_ERROR;
     c->io->new_batch(c);
     for (;;) {
@@ -1030,6 +1130,8 @@ long tls_read(tls_conn *c, void *buf, size_t n)
 {
     if (c->read_status)
         return c->read_status;
+    if (awake(c) < 0)
+        return TLS_ERROR;
     c->io->new_batch(c);
     for (;;) {
         long got = c->rec->read(c, buf, n);
@@ -1051,6 +1153,8 @@ long tls_read_ring(tls_conn *c, ring *plain)
 {
     if (c->read_status)
         return c->read_status;
+    if (awake(c) < 0)
+        return TLS_ERROR;
     c->io->new_batch(c);
     long total = 0, status = 0;
     for (;;) {
@@ -1082,7 +1186,7 @@ long tls_read_ring(tls_conn *c, ring *plain)
 
 long tls_write(tls_conn *c, const void *buf, size_t n)
 {
-    if (c->dead)
+    if (c->dead || awake(c) < 0)
         return TLS_ERROR;
     size_t total = 0;
     long status = 0;
@@ -1127,7 +1231,7 @@ long tls_write_ring(tls_conn *c, ring *plain, size_t n)
     return total;
 }
 
-long tls_fill(tls_conn *c) { return c->io->fill(c); }
+long tls_fill(tls_conn *c) { return awake(c) < 0 ? TLS_ERROR : c->io->fill(c); }
 
 size_t tls_pending_in(tls_conn *c) { return c->io->pending_in(c); }
 
@@ -1137,6 +1241,8 @@ int tls_shutdown(tls_conn *c)
      * ended without the peer's close_notify. */
     if (c->dead || c->read_status == TLS_EOF)
         return c->read_status == TLS_EOF ? TLS_EOF : TLS_ERROR;
+    if (awake(c) < 0)
+        return TLS_ERROR;
     /* The second call reads the peer's close_notify: from the socket (a new
      * batch for the ring BIO), or through the pump. */
     c->io->new_batch(c);
@@ -1152,7 +1258,10 @@ int tls_shutdown(tls_conn *c)
 
 /* --------------------------------------------------------------- sans-IO */
 
-size_t tls_feed(tls_conn *c, const void *data, size_t n) { return c->io->feed(c, data, n); }
+size_t tls_feed(tls_conn *c, const void *data, size_t n)
+{
+    return awake(c) < 0 ? 0 : c->io->feed(c, data, n);
+}
 void tls_feed_eof(tls_conn *c) { c->io->feed_eof(c); }
 size_t tls_take(tls_conn *c, void *buf, size_t n) { return c->io->take(c, buf, n); }
 size_t tls_pending_out(tls_conn *c) { return c->io->pending_out(c); }
@@ -1216,6 +1325,8 @@ void tls_get_ledger(tls_conn *c, struct tls_ledger *out)
     c->io->kernel(c, out);
     add_ring_stats(c->rx, out);
     add_ring_stats(c->tx, out);
+    out->ring_copies += c->parked_ring_copies;
+    out->ring_bytes += c->parked_ring_bytes;
     out->bio_copies = counter_get(&c->bio_copies);
     out->bio_bytes = counter_get(&c->bio_bytes);
     out->plain_in = counter_get(&c->plain_in);
@@ -1231,6 +1342,7 @@ void tls_reset_ledger(tls_conn *c)
         ring_reset_stats(c->rx);
     if (c->tx != NULL)
         ring_reset_stats(c->tx);
+    c->parked_ring_copies = c->parked_ring_bytes = 0;
     counter *all[] = {&c->bio_copies, &c->bio_bytes, &c->plain_in,
                       &c->plain_out,  &c->reads,     &c->writes};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)

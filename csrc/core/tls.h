@@ -146,6 +146,23 @@ size_t tls_alpn(const tls_conn *c, char *buf, size_t n);
 size_t tls_peer_cert(const tls_conn *c, unsigned char **der);
 int tls_session_reused(const tls_conn *c);
 
+/* ---------------------------------------------------------------- memory */
+
+/* Give back what an idle connection does not need: its ciphertext rings
+ * (TLS_RING), the pumps' ring and scratch buffer (MEM, PAIR) and OpenSSL's
+ * record buffers (SSL_free_buffers), about 34 KB plus the rings.  Only with
+ * nothing in flight: the handshake done, no ciphertext or plaintext buffered
+ * either way, the connection not failed, OpenSSL's own record layer.
+ * 1 parked (or already), 0 not now.  Every call that moves bytes takes the
+ * buffers again first (tls_unpark); OpenSSL makes its own again when it
+ * next reads or writes.  TLS_CALLER_IO: from the thread that owns the
+ * socket, while no other thread runs the SSL object. */
+int tls_park(tls_conn *c);
+/* Take the buffers again now: 0, or TLS_ERROR when memory is short (the
+ * connection is then failed). */
+int tls_unpark(tls_conn *c);
+int tls_parked(const tls_conn *c);
+
 /* ------------------------------------------------------------ the ledger */
 
 /* What moved through the connection, as counted by wsstls itself: system

@@ -70,6 +70,10 @@ struct tls_transport_ops {
      * bytes, EAGAINs. */
     void (*kernel)(const tls_conn *c, struct tls_ledger *out);
     void (*reset_kernel)(tls_conn *c);
+    /* tls_park: free the transport's buffers (they hold nothing: checked);
+     * tls_unpark: make them again, 1, or 0 when memory is short. */
+    void (*park)(tls_conn *c);
+    int (*unpark)(tls_conn *c);
 };
 
 struct tls_record_ops {
@@ -104,6 +108,10 @@ struct tls_conn {
     int pumped_eof;  /* the pump read the end of the socket's stream */
     int sys_errno;   /* a pump's failed socket call */
     int fd_errno;    /* TLS_FD: the socket BIO's last failed call */
+    int parked;      /* tls_park: the buffers below and OpenSSL's are freed */
+    size_t ring_capacity;          /* of rx and tx, to make them again */
+    uint64_t parked_ring_copies;   /* ring copies counted by rings since freed */
+    uint64_t parked_ring_bytes;
     char error[512];
     /* FD: kernel traffic seen through the socket BIO's callback; MEM/PAIR:
      * the pumps'.  TLS_RING keeps its own in the ring BIO. */
