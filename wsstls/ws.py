@@ -889,6 +889,20 @@ class FrameParser:
             and not self.closed
         )
 
+    @property
+    def assembling(self) -> int:
+        """Bytes of the message being assembled outside the caller's buffer, as declared
+        by the headers of its frames so far (0 when none): what it will hold once the
+        frames seen so far are complete."""
+        return self._msg_len
+
+    def discard(self) -> None:
+        """Drop the message being assembled (the parser is failed or closed: its memory
+        goes now, not when the parser does)."""
+        self._msg_buf = bytearray()
+        self._ctrl = bytearray()
+        self._msg_len = 0
+
     def receive_data(self, data: Buffer, *, consume_all: bool = False) -> int:
         """Parse frames from the start of ``data``; return the number of bytes consumed.
 
@@ -1215,6 +1229,12 @@ class Connection:
         raise NotImplementedError  # pragma: no cover - a base Connection starts OPEN
 
     @property
+    def assembling(self) -> int:
+        """Bytes of the message being assembled (FrameParser.assembling): memory this
+        connection holds beyond the caller's buffer until the message is complete."""
+        return self._parser.assembling
+
+    @property
     def fast_path_ok(self) -> bool:
         """True when OPEN, between messages, with nothing pending: frames may be
         echoed by someone else (the server's C fast path) until the next one
@@ -1262,6 +1282,7 @@ class Connection:
         exc, self._pending = self._pending, None
         assert exc is not None
         self.error = exc
+        self._parser.discard()  # nothing more is parsed: the assembly buffer can go now
         if self.state is State.OPEN:
             reason = exc.reason.encode("utf-8")[:123].decode("utf-8", "ignore")
             self._send_frame(Opcode.CLOSE, encode_close(exc.code, reason))
@@ -1269,12 +1290,14 @@ class Connection:
 
     # ------------------------------------------------------------ output
 
-    def send_message(self, opcode: int, data: Buffer | str) -> None:
+    def send_message(self, opcode: int, data: Buffer | str, *, take: bool = False) -> None:
         """Queue a TEXT or BINARY message (a str is sent as UTF-8).
 
         Dropped once a close frame was sent or the connection failed.
         Raises RuntimeError before the handshake completed, ValueError for
-        another opcode.
+        another opcode.  ``take=True`` gives up a bytearray ``data`` (an
+        assembled ``Message.data``, say): on the server side, when nothing else
+        is queued, the frame is built in it, without a copy of the payload.
         """
         if self.state is not _OPEN or (opcode != 1 and opcode != 2):
             if opcode != Opcode.TEXT and opcode != Opcode.BINARY:
@@ -1284,6 +1307,21 @@ class Connection:
             return
         if type(data) is str:
             data = data.encode("utf-8")
+        if take and not self._out and not self._client and type(data) is bytearray:
+            n = len(data)
+            if n < 126:
+                head = _H2(0x80 | opcode, n)
+            elif n < 65536:
+                head = _H4(0x80 | opcode, 126, n)
+            else:
+                head = _H10(0x80 | opcode, 127, n)
+            try:
+                data[:0] = head  # moves the payload up in place (a realloc at most)
+            except BufferError:  # a view of it is alive: it cannot move
+                pass
+            else:
+                self._out = data
+                return
         self._send_frame(opcode, data)
 
     def send_ping(self, payload: Buffer = b"") -> None:

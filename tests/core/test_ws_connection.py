@@ -326,3 +326,59 @@ def test_our_client_against_websockets_server() -> None:
     ]
     server.receive_data(bytes(client.data_to_send()))
     assert server.close_rcvd is not None and server.close_rcvd.code == 4000  # echoed
+
+
+# ------------------------------------------------------- memory the framer holds
+
+
+def test_assembling_counts_declared_bytes_of_streamed_and_fragmented_messages() -> None:
+    server = Connection(Side.SERVER, in_place_limit=1024)
+    assert server.assembling == 0
+    big = cframe(Opcode.BINARY, b"a" * 5000)
+    server.receive_data(bytearray(big[:100]), consume_all=True)
+    assert server.assembling == 5000  # the header's length, before the payload came
+    server.receive_data(bytearray(big[100:]), consume_all=True)
+    assert [type(e) for e in server.events()] == [Message]
+    assert server.assembling == 0
+    # fragments in place: what was declared so far
+    server.receive_data(bytearray(cframe(Opcode.TEXT, b"xy", fin=False)))
+    assert server.assembling == 2
+    server.receive_data(bytearray(cframe(Opcode.CONT, b"z" * 10, fin=False)))
+    assert server.assembling == 12
+    server.receive_data(bytearray(cframe(Opcode.CONT, b"!")))
+    messages = [e.data for e in server.events() if isinstance(e, Message)]
+    assert messages == [bytearray(b"xy" + b"z" * 10 + b"!")]
+    assert server.assembling == 0
+    # a single frame parsed in place holds nothing of its own
+    buf = bytearray(cframe(Opcode.BINARY, b"q" * 100))
+    server.receive_data(buf[:50])
+    assert server.assembling == 0
+
+
+def test_failing_drops_the_message_being_assembled() -> None:
+    server = Connection(Side.SERVER, in_place_limit=1024)
+    server.receive_data(bytearray(cframe(Opcode.BINARY, b"a" * 3000)[:2000]), consume_all=True)
+    assert server.assembling == 3000
+    server.fail(CloseCode.TRY_AGAIN_LATER, "server busy")
+    assert server.assembling == 0 and server.state is State.CLOSED
+    assert server_frames(bytes(server.data_to_send()))[0].payload[:2] == b"\x03\xf5"  # 1013
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 70000])
+def test_send_message_take_builds_the_frame_in_the_callers_bytearray(size: int) -> None:
+    server = Connection(Side.SERVER)
+    data = bytearray(os.urandom(size))
+    expected = bytes(encode_frame(Opcode.BINARY, bytes(data)))
+    server.send_message(Opcode.BINARY, data, take=True)
+    out = server.data_to_send()
+    assert out is data and bytes(out) == expected  # no copy: the frame is the caller's buffer
+    # with output queued already, or a view alive, or not a bytearray: copied as usual
+    server.send_ping(b"p")
+    second = bytearray(b"abc")
+    server.send_message(Opcode.TEXT, second, take=True)
+    assert bytes(server.data_to_send()).endswith(b"\x81\x03abc") and second == b"abc"
+    third = bytearray(b"xyz")
+    view = memoryview(third)
+    server.send_message(Opcode.BINARY, third, take=True)
+    assert server.data_to_send() == b"\x82\x03xyz" and third == b"xyz"
+    view.release()
