@@ -35,7 +35,8 @@ typedef ... BIO;
 # In dependency order, relative to csrc/ (the layer is the folder); counter.h
 # (only static inline helpers) is C-only.
 HEADERS = ["core/ring.h", "core/wsmask.h", "core/utf8.h", "core/ringbio.h", "core/tls.h",
-           "server/wsecho.h", "server/offload.h", "server/wsloop.h", "loadgen/loadgen.h",
+           "server/wsecho.h", "server/offload.h", "server/ringpool.h", "server/heap.h",
+           "server/wsloop.h", "loadgen/loadgen.h",
            "measure/ringbench.h"]  # fmt: skip
 SOURCES = [h.replace(".h", ".c") for h in HEADERS]
 
