@@ -1,4 +1,7 @@
-"""cffi builder (API, out-of-line mode): csrc/*.c -> the extension ``wsstls._native``.
+"""cffi builder (API, out-of-line mode): csrc/ -> the extension ``wsstls._native``.
+
+The declarations Python sees come from one file, ``csrc/python_api.cdef``, given to
+cffi as it is (cffi fails the build on anything it cannot parse).
 
 ``setup.py`` names ``ffibuilder`` in ``cffi_modules``.  Run this file directly to
 rebuild the extension in place after a C change (``python wsstls/_build.py``);
@@ -12,7 +15,6 @@ rebuild the extension in place after a C change (``python wsstls/_build.py``);
 from __future__ import annotations
 
 import os
-import re
 import shlex
 from pathlib import Path
 
@@ -21,46 +23,29 @@ from cffi import FFI
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
 
-# The headers are the declarations: cffi reads them as they are, less
-# comments, include guards and #includes.  This prelude declares what they
-# take from system and OpenSSL headers, opaque where Python never looks inside.
-PRELUDE = """
-struct iovec { void *iov_base; size_t iov_len; };
-typedef ... SSL_CTX;
-typedef ... BIO;
-#define TLS1_2_VERSION ...
-#define TLS1_3_VERSION ...
-"""
+#: The declarations Python sees, given to cffi verbatim (see the file's header).
+CDEF_FILE = CSRC / "python_api.cdef"
 
-# In dependency order, relative to csrc/ (the layer is the folder); counter.h
-# (only static inline helpers) is C-only.
-HEADERS = ["core/ring.h", "core/wsmask.h", "core/utf8.h", "core/ringbio.h", "core/tls.h",
-           "server/wsecho.h", "server/offload.h", "server/ringpool.h", "server/heap.h",
-           "server/wsloop.h", "loadgen/loadgen.h",
-           "measure/ringbench.h"]  # fmt: skip
-SOURCES = [h.replace(".h", ".c") for h in HEADERS]
+#: The headers that declare what CDEF_FILE repeats, included by the generated module
+#: (the compiler checks the two agree), relative to csrc/ (the layer is the folder).
+API_HEADERS = ["core/ring.h", "core/wsmask.h", "core/utf8.h", "core/tls.h",
+               "server/wsecho.h", "server/offload.h", "server/ringpool.h", "server/heap.h",
+               "server/wsloop.h", "loadgen/loadgen.h", "measure/ringbench.h"]  # fmt: skip
+
+#: Every C file of the extension (measure/memcount.c is the separate preload shim).
+SOURCES = ["core/ring.c", "core/ringbio.c", "core/tls.c", "core/wsmask.c", "core/utf8.c",
+           "server/wsecho.c", "server/offload.c", "server/ringpool.c", "server/heap.c",
+           "server/wsloop.c", "loadgen/loadgen.c", "measure/ringbench.c"]  # fmt: skip
 
 
-def declarations(header: Path) -> str:
-    """A header's text as cffi's cdef takes it."""
-    text = re.sub(r"/\*.*?\*/", "", header.read_text(), flags=re.S)
-    text = re.sub(r"//[^\n]*", "", text)
-    # static inline helpers are C's business: up to their closing brace at column 0
-    text = re.sub(r"^static inline\b.*?^\}", "", text, flags=re.S | re.M)
-    keep = []
-    for line in text.splitlines():
-        directive = line.strip()
-        if directive.startswith(("#include", "#ifndef", "#endif")):
-            continue
-        if re.fullmatch(r"#define\s+WSSTLS_\w+_H", directive):
-            continue  # the include guard
-        keep.append(line)
-    return "\n".join(keep)
+def read_cdef(path: Path = CDEF_FILE) -> str:
+    """The cdef text; cffi rejects (CDefError) anything in it that it cannot parse."""
+    return path.read_text()
 
 
-CDEF = PRELUDE + "".join(declarations(CSRC / h) for h in HEADERS)
-
-CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror"]
+# Hidden by default: the extension exports its module init only (cffi calls the C
+# functions from inside the module, not through the dynamic symbol table).
+CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-fvisibility=hidden"]
 LDFLAGS: list[str] = []
 if os.environ.get("WSSTLS_SANITIZE") == "1":
     san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
@@ -69,10 +54,10 @@ if os.environ.get("WSSTLS_SANITIZE") == "1":
 CFLAGS += shlex.split(os.environ.get("WSSTLS_CFLAGS", ""))
 
 ffibuilder = FFI()
-ffibuilder.cdef(CDEF)
+ffibuilder.cdef(read_cdef())
 ffibuilder.set_source(
     "wsstls._native",
-    "\n".join(f'#include "{h}"' for h in HEADERS),
+    "\n".join(f'#include "{h}"' for h in API_HEADERS),
     # Relative to the project root, which is the working directory of every
     # build (setuptools wants sources inside the tree).
     sources=[f"csrc/{s}" for s in SOURCES],

@@ -185,12 +185,6 @@ int wsloop_hot(wsloop *l, int fd, tls_conn *c, ring *plain, struct wsecho *st,
     return r;
 }
 
-int wsloop_busy(wsloop *l, int fd)
-{
-    struct slot *s = slot_of(l, fd);
-    return s != NULL && s->busy;
-}
-
 /* ------------------------------------------------------------- hot path */
 
 static int output_pending(const struct slot *s)

@@ -75,8 +75,6 @@ int wsloop_unwatch(wsloop *l, int fd);
  * designs), else NULL.  fd must be watched already. */
 int wsloop_hot(wsloop *l, int fd, tls_conn *c, ring *plain, struct wsecho *st,
                struct offload_job *job);
-/* 1 while a worker holds fd's connection (offload designs). */
-int wsloop_busy(wsloop *l, int fd);
 
 /* One epoll_wait (timeout in ms, -1 = forever): serve hot connections and
  * the offload pool, return up to `max` events for Python (0: nothing for
