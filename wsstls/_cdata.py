@@ -45,3 +45,6 @@ class LoopReport(enum.IntEnum):
 
     READY = lib.WSLOOP_READY  # a watched fd is ready (``events``)
     COLD = lib.WSLOOP_COLD  # a hot connection stopped (``echo``): it is Python's again
+    EXPIRED = lib.WSLOOP_EXPIRED  # its deadline passed or it was idle too long: close it
+    PING = lib.WSLOOP_PING  # a keepalive ping is due and the loop could not send it
+    NOMEM = lib.WSLOOP_NOMEM  # a parked connection woke and no plaintext ring could be had

@@ -10,7 +10,8 @@
 #include "core/utf8.h"
 #include "core/wsmask.h"
 
-enum { OP_TEXT = 1, OP_BINARY = 2 };
+enum { OP_TEXT = 1, OP_BINARY = 2, OP_PONG = 10 };
+enum { KIND_FRAME = -1, KIND_PONG = -2 }; /* classify(): more than a wsecho status */
 
 /* Receive into the plaintext ring: TLS, or (c == NULL) the plain socket
  * read until it is drained or the ring is full. */
@@ -118,7 +119,8 @@ static uint32_t mask_key(const unsigned char *k)
 
 /* The frame at the head of `p` (avail bytes): WSECHO_WAIT if incomplete,
  * WSECHO_BAD_UTF8 if an incomplete text frame is invalid already,
- * WSECHO_SLOW if not plain, else -1 with its layout filled in. */
+ * WSECHO_SLOW if not plain, KIND_PONG for a whole pong, else KIND_FRAME;
+ * the last two with the layout filled in. */
 static long classify(const unsigned char *p, size_t avail, size_t cap, struct wsecho *st,
                      size_t *hdr, uint64_t *len)
 {
@@ -126,6 +128,11 @@ static long classify(const unsigned char *p, size_t avail, size_t cap, struct ws
     if (avail < 2)
         return WSECHO_WAIT;
     int op = p[0] & 0x0f;
+    if (p[0] == (0x80 | OP_PONG) && (p[1] & 0x80) && (p[1] & 0x7f) <= 125) {
+        *hdr = 6;
+        *len = p[1] & 0x7f;
+        return avail < *hdr + *len ? WSECHO_WAIT : KIND_PONG;
+    }
     if ((p[0] & 0xf0) != 0x80 || (op != OP_TEXT && op != OP_BINARY) || !(p[1] & 0x80))
         return WSECHO_SLOW; /* not FIN, RSV set, not data, or unmasked */
     uint64_t n = p[1] & 0x7f;
@@ -161,7 +168,7 @@ static long classify(const unsigned char *p, size_t avail, size_t cap, struct ws
         return WSECHO_WAIT;
     }
     *len = n;
-    return -1;
+    return KIND_FRAME;
 }
 
 /* What a pump ends with: ENDED when the session has ended, else `status`. */
@@ -209,6 +216,11 @@ int wsecho_pump(tls_conn *c, ring *plain, struct wsecho *st, int flags)
             return WSECHO_ENDED; /* an incomplete frame that will never complete */
         if (kind == WSECHO_SLOW || kind == WSECHO_BAD_UTF8)
             return (int)kind; /* BAD_UTF8: the caller fails the connection */
+        if (kind == KIND_PONG) { /* nothing to answer: the keepalive's reply */
+            ring_consume(plain, hdr + len); /* cannot fail: the frame is readable */
+            st->pongs++;
+            continue;
+        }
         int op = p[0] & 0x0f;
         uint32_t key = mask_key(p + hdr - 4);
         unsigned char *payload = p + hdr;
@@ -238,4 +250,17 @@ int wsecho_pump(tls_conn *c, ring *plain, struct wsecho *st, int flags)
         if (r == 0)
             return WSECHO_BLOCKED;
     }
+}
+
+int wsecho_ping(tls_conn *c, struct wsecho *st)
+{
+    static const unsigned char empty_ping[2] = {0x80 | 0x9, 0};
+    if (c == NULL || st->pending_len > 0)
+        return 0;
+    long put = tls_write(c, empty_ping, sizeof empty_ping);
+    if (put == (long)sizeof empty_ping)
+        return 1;
+    if (put == TLS_WANT_WRITE || put == TLS_WANT_READ || put >= 0)
+        return 0;
+    return (int)put;
 }

@@ -11,7 +11,10 @@
  * mask key), and header + payload go to SSL_write as one contiguous span:
  * no copy but OpenSSL's own into its record.
  *
- * The first frame of any other kind stops the fast path (WSECHO_SLOW): the
+ * A pong (complete, masked, FIN, at most 125 bytes) needs no answer: it is
+ * consumed in place, so the server's keepalive pings cost no trip through
+ * the framer.  The first frame of any other kind stops the fast path
+ * (WSECHO_SLOW): the
  * caller's RFC 6455 framer takes over from the ring's head, where that frame
  * is left untouched.  The caller only asks for the fast path between
  * messages (its framer idle), so the framer's state is never bypassed.
@@ -44,6 +47,7 @@ struct wsecho {
     int fd;              /* in: the socket, for plain ws:// (c == NULL) */
     uint64_t messages;   /* out: echoed by the fast path */
     uint64_t bytes;      /* out: their payload bytes */
+    uint64_t pongs;      /* out: pongs consumed by the fast path */
     long read_status;    /* out: the last read's result, as tls_read_ring's: bytes, or an
                             enum tls_status (for plain ws:// too: TLS_EOF, TLS_ERROR) */
     int ended;           /* out, with WSECHO_ENDED: how (an enum tls_status: TLS_CLOSED,
@@ -67,5 +71,12 @@ struct wsecho {
  * WebSocket on st->fd (its end is TLS_EOF, a socket error TLS_ERROR with the
  * errno in sys_errno). */
 int wsecho_pump(tls_conn *c, ring *plain, struct wsecho *st, int flags);
+
+/* Send an empty ping (a keepalive) on a TLS connection the fast path owns,
+ * with nothing else on its way out: 1 sent (to the socket or the TLS
+ * layer's outgoing ring), 0 not taken now (for the fd transport a record
+ * may have been cut: the caller's next write must start with the same two
+ * bytes, 0x89 0x00, the framer's empty ping), or a TLS status. */
+int wsecho_ping(tls_conn *c, struct wsecho *st);
 
 #endif

@@ -9,6 +9,9 @@
  * at once (the loop thread is that ring's producer while the worker
  * consumes) and marks `more`; only an end of stream or a full ring, which
  * would stay readable, stop the polling until the job is back.
+ *
+ * Parking and timers happen on the loop thread, between polls, never to a
+ * connection a worker holds: a worker always finds its connection awake.
  */
 #define _GNU_SOURCE
 #include "wsloop.h"
@@ -17,9 +20,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/counter.h"
+#include "ringpool.h"
 
 #define MAX_EVENTS 1024
 #define HOT_REPEATS 64 /* pumps per event while the TLS layer still holds input */
@@ -31,7 +36,13 @@ struct slot {
     struct offload_job *job;
     uint32_t events; /* as registered with epoll */
     unsigned watched : 1, hot : 1, busy : 1, more : 1;
-    unsigned kicked : 1; /* handed over with input in the TLS layer: serve it */
+    unsigned kicked : 1;    /* handed over with input in the TLS layer: serve it */
+    unsigned parked : 1;    /* its ring is back in the pool, its TLS buffers freed */
+    unsigned keepalive : 1; /* the loop's ping and idle timers apply */
+    unsigned expired : 1;   /* reported WSLOOP_EXPIRED: not again */
+    int64_t active;         /* ms: its last event (or when it was watched) */
+    int64_t pinged;         /* ms: the last keepalive ping (0: none) */
+    int64_t deadline;       /* ms: report WSLOOP_EXPIRED then (0: none) */
 };
 
 struct wsloop {
@@ -46,11 +57,25 @@ struct wsloop {
     size_t nslots;
     struct offload_job **batch;
     size_t nbatch;
-    size_t nkicked; /* slots with `kicked` set */
+    int *kicked;    /* fds of slots with `kicked` set (and stale ones) */
+    size_t nkicked, kicked_cap;
+    ringpool *rings; /* NULL: Python gives the plaintext rings */
+    int park_ms, ping_ms, idle_ms;
+    int64_t now;       /* ms, CLOCK_MONOTONIC_COARSE, as of the last poll */
+    int64_t next_scan; /* ms */
+    size_t scan_from;  /* a scan cut short for lack of room goes on here */
+    size_t nparked;
     struct offload_job *done[MAX_EVENTS];
     struct epoll_event ev[MAX_EVENTS];
-    counter polls, hot_events, reported, dispatches, jobs;
+    counter polls, hot_events, reported, dispatches, jobs, parks, unparks, pings, scans;
 };
+
+static int64_t now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &t);
+    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
 
 wsloop *wsloop_new(int mode, offload *pool, size_t threshold, int threads)
 {
@@ -67,6 +92,8 @@ wsloop *wsloop_new(int mode, offload *pool, size_t threshold, int threads)
     l->pool_fd = -1;
     l->threshold = threshold;
     l->threads = threads;
+    l->now = now_ms();
+    l->next_scan = l->now + WSLOOP_SCAN_MS;
     l->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (l->epfd < 0) {
         free(l);
@@ -90,8 +117,14 @@ void wsloop_free(wsloop *l)
     if (l == NULL)
         return;
     close(l->epfd);
+    if (l->rings != NULL) { /* the rings of fds never unwatched */
+        for (size_t fd = 0; fd < l->nslots; fd++)
+            ringpool_put(l->rings, l->slots[fd].plain);
+        ringpool_free(l->rings);
+    }
     free(l->slots);
     free(l->batch);
+    free(l->kicked);
     free(l);
 }
 
@@ -137,6 +170,20 @@ static int set_events(wsloop *l, int fd, struct slot *s, uint32_t events)
     return 0;
 }
 
+/* A parked connection gets its ring back (TLS takes its buffers itself, at
+ * its next call).  0, or -ENOMEM. */
+static int unpark(wsloop *l, struct slot *s)
+{
+    if (!s->parked)
+        return 0;
+    if (l->rings != NULL && s->plain == NULL && (s->plain = ringpool_get(l->rings)) == NULL)
+        return -ENOMEM;
+    s->parked = 0;
+    l->nparked--;
+    counter_add(&l->unparks, 1);
+    return 0;
+}
+
 int wsloop_watch(wsloop *l, int fd, uint32_t events)
 {
     struct slot *s = grow_to(l, fd);
@@ -144,6 +191,8 @@ int wsloop_watch(wsloop *l, int fd, uint32_t events)
         return -ENOMEM;
     if (s->busy)
         return -EBUSY;
+    if (!s->watched)
+        s->active = l->now;
     s->hot = 0;
     return set_events(l, fd, s, events);
 }
@@ -156,21 +205,45 @@ int wsloop_unwatch(wsloop *l, int fd)
     if (s->busy)
         return -EBUSY;
     int r = epoll_ctl(l->epfd, EPOLL_CTL_DEL, fd, NULL) == 0 ? 0 : -errno;
-    if (s->kicked)
-        l->nkicked--;
-    memset(s, 0, sizeof *s);
+    if (l->rings != NULL)
+        ringpool_put(l->rings, s->plain);
+    if (s->parked)
+        l->nparked--;
+    memset(s, 0, sizeof *s); /* an entry in l->kicked is stale now */
     return r;
+}
+
+static int kick(wsloop *l, int fd, struct slot *s)
+{
+    if (l->nkicked == l->kicked_cap) {
+        size_t n = l->kicked_cap ? 2 * l->kicked_cap : 64;
+        int *k = realloc(l->kicked, n * sizeof *k);
+        if (k == NULL)
+            return -ENOMEM;
+        l->kicked = k;
+        l->kicked_cap = n;
+    }
+    l->kicked[l->nkicked++] = fd;
+    s->kicked = 1;
+    return 0;
 }
 
 int wsloop_hot(wsloop *l, int fd, tls_conn *c, ring *plain, struct wsecho *st,
                struct offload_job *job)
 {
     struct slot *s = slot_of(l, fd);
-    if (s == NULL || !s->watched || plain == NULL || st == NULL ||
+    if (s == NULL || !s->watched || st == NULL ||
         (l->mode != WSLOOP_INLINE && (job == NULL || c == NULL)))
         return -EINVAL;
+    if (l->rings != NULL) { /* the slot's own ring (or none while parked) */
+        if ((plain != NULL && plain != s->plain) || (s->plain == NULL && !s->parked))
+            return -EINVAL;
+    } else if (plain == NULL) {
+        return -EINVAL;
+    } else {
+        s->plain = plain;
+    }
     s->c = c;
-    s->plain = plain;
     s->st = st;
     s->job = job;
     s->more = 0;
@@ -179,10 +252,60 @@ int wsloop_hot(wsloop *l, int fd, tls_conn *c, ring *plain, struct wsecho *st,
     if (r == 0 && c != NULL && !s->kicked && tls_has_pending(c)) {
         /* Input taken from the socket already (say, while a job ran, or
          * before the framer's turn): no readiness will come for it. */
-        s->kicked = 1;
-        l->nkicked++;
+        r = kick(l, fd, s);
     }
     return r;
+}
+
+int wsloop_set_rings(wsloop *l, size_t capacity, size_t max_spare)
+{
+    if (l->rings != NULL || l->nslots > 0)
+        return -EINVAL;
+    if ((l->rings = ringpool_new(capacity, RING_MIRRORED, max_spare)) == NULL)
+        return -errno;
+    return 0;
+}
+
+ring *wsloop_plain(wsloop *l, int fd)
+{
+    struct slot *s = slot_of(l, fd);
+    if (l->rings == NULL || s == NULL || !s->watched || s->busy) {
+        errno = EINVAL;
+        return NULL;
+    }
+    if (s->parked) {
+        if (unpark(l, s) != 0) {
+            errno = ENOMEM;
+            return NULL;
+        }
+    } else if (s->plain == NULL && (s->plain = ringpool_get(l->rings)) == NULL) {
+        return NULL;
+    }
+    return s->plain;
+}
+
+int wsloop_set_timers(wsloop *l, int park_ms, int ping_ms, int idle_ms)
+{
+    if (park_ms < 0 || ping_ms < 0 || idle_ms < 0)
+        return -EINVAL;
+    l->park_ms = park_ms;
+    l->ping_ms = ping_ms;
+    l->idle_ms = idle_ms;
+    l->next_scan = l->now + WSLOOP_SCAN_MS;
+    return 0;
+}
+
+int wsloop_timers(wsloop *l, int fd, int deadline_ms, int keepalive)
+{
+    struct slot *s = slot_of(l, fd);
+    if (s == NULL || !s->watched || deadline_ms < 0)
+        return -EINVAL;
+    l->now = now_ms();
+    s->deadline = deadline_ms > 0 ? l->now + deadline_ms : 0;
+    s->keepalive = keepalive != 0;
+    s->expired = 0;
+    s->active = l->now;
+    return 0;
 }
 
 /* ------------------------------------------------------------- hot path */
@@ -227,6 +350,7 @@ static int run_inline(wsloop *l, struct slot *s)
 
 static void queue_job(wsloop *l, struct slot *s)
 {
+    s->job->plain = s->plain; /* (a parked connection's came back from the pool) */
     s->job->flags = WSECHO_READ | WSECHO_ECHO;
     s->busy = 1;
     s->more = 0;
@@ -254,9 +378,14 @@ static void submit_batch(wsloop *l)
     l->nbatch = 0;
 }
 
-/* Readiness of a hot connection: WSECHO_WAIT handled, else a status to report. */
+#define NO_RING (-1) /* serve(): a parked connection's input came, and no ring */
+
+/* Readiness of a hot connection: WSECHO_WAIT handled, else a status to
+ * report (or NO_RING). */
 static int serve(wsloop *l, int fd, struct slot *s)
 {
+    if (s->parked && unpark(l, s) != 0)
+        return NO_RING;
     if (l->mode == WSLOOP_INLINE)
         return run_inline(l, s);
     long got = tls_fill(s->c);
@@ -307,29 +436,134 @@ static int report(struct wsloop_event *out, int n, int fd, uint32_t events, int 
     return n + 1;
 }
 
+/* An event of another kind (EXPIRED, PING, NOMEM): fd is Python's again. */
+static int report_kind(struct wsloop_event *out, int n, int fd, struct slot *s, int kind)
+{
+    s->hot = 0;
+    out[n].fd = fd;
+    out[n].events = 0;
+    out[n].report = kind;
+    out[n].echo = WSECHO_WAIT;
+    return n + 1;
+}
+
 /* A hot connection's hot path stopped at `echo`: it is Python's again. */
 static int report_cold(struct wsloop_event *out, int n, int fd, struct slot *s, int echo)
 {
+    if (echo == NO_RING)
+        return report_kind(out, n, fd, s, WSLOOP_NOMEM);
     s->hot = 0;
     return report(out, n, fd, 0, echo);
 }
 
 /* Serve the kicked hot connections as if readable, once each, with the room
- * left in `out`; the others stay kicked for the next poll. */
+ * left in `out`; the others stay kicked for the next poll.  Entries of
+ * slots unwatched since are dropped. */
 static int serve_kicked(wsloop *l, struct wsloop_event *out, int n, int max)
 {
-    for (size_t fd = 0; fd < l->nslots && l->nkicked > 0 && n < max; fd++) {
-        struct slot *s = &l->slots[fd];
-        if (!s->kicked)
+    size_t keep = 0;
+    for (size_t i = 0; i < l->nkicked; i++) {
+        int fd = l->kicked[i];
+        struct slot *s = slot_of(l, fd);
+        if (s == NULL || !s->kicked)
             continue;
+        if (n >= max) {
+            l->kicked[keep++] = fd;
+            continue;
+        }
         s->kicked = 0;
-        l->nkicked--;
         if (!s->hot)
             continue;
-        int r = serve(l, (int)fd, s);
+        int r = serve(l, fd, s);
         if (r != WSECHO_WAIT)
-            n = report_cold(out, n, (int)fd, s, r);
+            n = report_cold(out, n, fd, s, r);
     }
+    l->nkicked = keep;
+    return n;
+}
+
+/* ---------------------------------------------------------------- memory */
+
+/* Give back an idle hot connection's ring and TLS buffers, when nothing is
+ * in flight. */
+static void park(wsloop *l, struct slot *s)
+{
+    if (s->kicked || output_pending(s) || s->st->text_done > 0 ||
+        (s->plain != NULL && !ring_empty(s->plain)))
+        return;
+    if (s->c != NULL && !tls_park(s->c))
+        return;
+    if (l->rings != NULL) {
+        ringpool_put(l->rings, s->plain);
+        s->plain = NULL;
+        if (s->job != NULL)
+            s->job->plain = NULL;
+    }
+    s->parked = 1;
+    l->nparked++;
+    counter_add(&l->parks, 1);
+}
+
+/* A keepalive ping from the loop (a hot TLS connection): 1 sent, 0 left to
+ * Python, or a TLS status (the session ended). */
+static int ping(wsloop *l, struct slot *s)
+{
+    if (s->c == NULL)
+        return 0; /* plain ws://: a send may be partial; the framer's queue takes it */
+    int r = wsecho_ping(s->c, s->st);
+    if (r != 1)
+        return r;
+    counter_add(&l->pings, 1);
+    if (l->mode != WSLOOP_INLINE && tls_flush(s->c) == TLS_ERROR)
+        return TLS_ERROR;
+    if (s->parked)
+        tls_park(s->c); /* writing took the buffers back: give them back again */
+    return 1;
+}
+
+/* Timers and parking of every slot, from where the last scan stopped, with
+ * the room left in `out`. */
+static int scan(wsloop *l, struct wsloop_event *out, int n, int max)
+{
+    const int64_t now = l->now;
+    for (size_t fd = l->scan_from; fd < l->nslots; fd++) {
+        struct slot *s = &l->slots[fd];
+        if (!s->watched || s->busy || s->expired)
+            continue;
+        if (n >= max) {
+            l->scan_from = fd; /* the next poll goes on from here */
+            return n;
+        }
+        int64_t idle = now - s->active;
+        if ((s->deadline != 0 && now >= s->deadline) ||
+            (s->keepalive && l->idle_ms > 0 && idle >= l->idle_ms)) {
+            s->expired = 1;
+            n = report_kind(out, n, (int)fd, s, WSLOOP_EXPIRED);
+            continue;
+        }
+        int64_t last = s->pinged > s->active ? s->pinged : s->active;
+        if (s->keepalive && l->ping_ms > 0 && now - last >= l->ping_ms) {
+            s->pinged = now;
+            int r = s->hot ? ping(l, s) : 0;
+            if (r < 0) {
+                n = report_cold(out, n, (int)fd, s, ended(s, r));
+                continue;
+            }
+            if (r == 0) {
+                n = report_kind(out, n, (int)fd, s, WSLOOP_PING);
+                continue;
+            }
+            if (output_pending(s)) { /* the ping waits for room: Python flushes it */
+                n = report_cold(out, n, (int)fd, s, WSECHO_BLOCKED);
+                continue;
+            }
+        }
+        if (s->hot && !s->parked && l->park_ms > 0 && idle >= l->park_ms)
+            park(l, s);
+    }
+    l->scan_from = 0;
+    l->next_scan = now + WSLOOP_SCAN_MS;
+    counter_add(&l->scans, 1);
     return n;
 }
 
@@ -339,11 +573,15 @@ int wsloop_poll(wsloop *l, int timeout_ms, struct wsloop_event *out, int max)
         return -EINVAL;
     /* Each epoll event and each finished job reports at most once: ask for no
      * more than there is room for, the rest stays pending. */
-    int ready = epoll_wait(l->epfd, l->ev, max < MAX_EVENTS ? max : MAX_EVENTS,
-                           l->nkicked > 0 ? 0 : timeout_ms);
+    int wait = l->nkicked > 0 ? 0 : timeout_ms;
+    int64_t to_scan = l->next_scan - now_ms();
+    if (wait < 0 || to_scan < wait)
+        wait = to_scan > 0 ? (int)to_scan : 0;
+    int ready = epoll_wait(l->epfd, l->ev, max < MAX_EVENTS ? max : MAX_EVENTS, wait);
     counter_add(&l->polls, 1);
     if (ready < 0)
         return errno == EINTR ? 0 : -errno;
+    l->now = now_ms();
     int n = 0, pool_ready = 0;
     for (int i = 0; i < ready; i++) {
         int fd = l->ev[i].data.fd;
@@ -353,6 +591,8 @@ int wsloop_poll(wsloop *l, int timeout_ms, struct wsloop_event *out, int max)
             continue;
         }
         struct slot *s = slot_of(l, fd);
+        if (s != NULL)
+            s->active = l->now;
         if (s != NULL && s->hot) {
             counter_add(&l->hot_events, 1);
             int r = serve(l, fd, s);
@@ -374,6 +614,8 @@ int wsloop_poll(wsloop *l, int timeout_ms, struct wsloop_event *out, int max)
     }
     if (l->nbatch > 0)
         submit_batch(l);
+    if (l->now >= l->next_scan && n < max)
+        n = scan(l, out, n, max);
     counter_add(&l->reported, (uint64_t)n);
     return n;
 }
@@ -408,4 +650,14 @@ void wsloop_get_counters(wsloop *l, struct wsloop_counters *out)
     out->reported = counter_get(&l->reported);
     out->dispatches = counter_get(&l->dispatches);
     out->jobs = counter_get(&l->jobs);
+    out->parks = counter_get(&l->parks);
+    out->unparks = counter_get(&l->unparks);
+    out->pings = counter_get(&l->pings);
+    out->scans = counter_get(&l->scans);
+    out->parked = l->nparked;
+    struct ringpool_counters rc = {0};
+    if (l->rings != NULL)
+        ringpool_counters(l->rings, &rc);
+    out->rings_out = rc.out;
+    out->rings_spare = rc.spare;
 }

@@ -18,6 +18,21 @@
  *
  * The loop keeps pointers to the connection's tls_conn, plaintext ring and
  * wsecho state: unwatch a connection before freeing them.
+ *
+ * Memory (wsloop_set_rings, wsloop_set_timers): with a ring pool the loop
+ * owns each connection's plaintext ring (wsloop_plain hands it to Python).
+ * A hot connection that had no event for `park_ms` and has nothing in
+ * flight is parked: its plaintext ring goes back to the pool and its TLS
+ * buffers are freed (tls_park); its next event takes them again.  So an idle
+ * connection costs no ring and no record buffer, whatever else is busy.
+ *
+ * Timers: every watched fd has the time of its last event (input, or room
+ * to write: progress either way).  A connection under keepalive
+ * (wsloop_timers) is pinged after `ping_ms` without an event (by the loop
+ * itself when the connection is hot and TLS, else reported as WSLOOP_PING)
+ * and reported as WSLOOP_EXPIRED after `idle_ms`; any fd can have a
+ * deadline (a handshake's).  The loop looks at every slot once per scan
+ * (WSLOOP_SCAN_MS): O(connections) per scan, nothing per event.
  */
 #ifndef WSSTLS_WSLOOP_H
 #define WSSTLS_WSLOOP_H
@@ -41,7 +56,15 @@ enum wsloop_report {
     WSLOOP_READY = 0, /* a watched fd Python serves is ready: see `events` */
     WSLOOP_COLD = 1,  /* a hot connection's hot path stopped at something that
                          needs a decision (`echo`); it is Python's again */
+    WSLOOP_EXPIRED = 2, /* its deadline passed, or it was idle for idle_ms:
+                           close it (it is Python's again) */
+    WSLOOP_PING = 3,    /* a keepalive ping is due and the loop could not send
+                           it: send one (the connection is Python's again) */
+    WSLOOP_NOMEM = 4,   /* a parked connection's input came and no ring could
+                           be had for it (it is Python's again) */
 };
+
+#define WSLOOP_SCAN_MS 250 /* how often the timers and parking are looked at */
 
 struct wsloop_event {
     int fd;
@@ -58,6 +81,13 @@ struct wsloop_counters {
     uint64_t reported;    /* events handed to Python */
     uint64_t dispatches;  /* offload dispatches submitted */
     uint64_t jobs;        /* jobs in them */
+    uint64_t parks;       /* connections parked (each time) */
+    uint64_t unparks;     /* parked connections woken by an event */
+    uint64_t pings;       /* keepalive pings the loop sent itself */
+    uint64_t scans;       /* timer scans */
+    uint64_t parked;      /* connections parked now */
+    uint64_t rings_out;   /* plaintext rings held by connections now */
+    uint64_t rings_spare; /* plaintext rings kept for the next taker */
 };
 
 typedef struct wsloop wsloop;
@@ -72,9 +102,23 @@ int wsloop_watch(wsloop *l, int fd, uint32_t events);
 /* Forget fd (before closing it or freeing what wsloop_hot gave). */
 int wsloop_unwatch(wsloop *l, int fd);
 /* Serve fd's input in C.  job: the connection's offload job (offload
- * designs), else NULL.  fd must be watched already. */
+ * designs), else NULL.  fd must be watched already.  With a ring pool,
+ * plain is NULL or fd's own ring (wsloop_plain). */
 int wsloop_hot(wsloop *l, int fd, tls_conn *c, ring *plain, struct wsecho *st,
                struct offload_job *job);
+
+/* Plaintext rings from a pool of the loop's (see ringpool.h): up to
+ * max_spare kept for reuse.  Once, before any fd is watched.  0 or -errno. */
+int wsloop_set_rings(wsloop *l, size_t capacity, size_t max_spare);
+/* fd's plaintext ring (the pool's), taken when it has none (a new or parked
+ * connection: this unparks it).  NULL with errno when none can be had. */
+ring *wsloop_plain(wsloop *l, int fd);
+/* park_ms: park a hot connection after this long without an event (0: never);
+ * ping_ms, idle_ms: keepalive (0: off).  0 or -EINVAL. */
+int wsloop_set_timers(wsloop *l, int park_ms, int ping_ms, int idle_ms);
+/* fd's own timers: WSLOOP_EXPIRED once deadline_ms have passed (0: no
+ * deadline); keepalive: the loop's ping and idle timers apply.  0 or -errno. */
+int wsloop_timers(wsloop *l, int fd, int deadline_ms, int keepalive);
 
 /* One epoll_wait (timeout in ms, -1 = forever): serve hot connections and
  * the offload pool, return up to `max` events for Python (0: nothing for
