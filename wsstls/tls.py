@@ -34,6 +34,8 @@ from ._native import ffi, lib
 from .ring import Buffer, RingBuffer, _c_buffer, _fileno, _index
 
 __all__ = [
+    "Crypto",
+    "CryptoCounters",
     "SelfSigned",
     "TLSConnection",
     "TLSContext",
@@ -42,6 +44,8 @@ __all__ = [
     "TLSLedger",
     "TLSVersion",
     "Transport",
+    "crypto_counters",
+    "reset_crypto_counters",
     "self_signed",
 ]
 
@@ -70,6 +74,23 @@ class Transport(str, enum.Enum):
     PAIR = "pair"
     FD = "fd"
 
+
+class Crypto(str, enum.Enum):
+    """Where a context's records are sealed and opened.
+
+    ``inline``  on the calling thread, by OpenSSL's provider (the default);
+    ``async``   OpenSSL ASYNC jobs: a record of at least the context's
+                ``offload_threshold`` bytes pauses the SSL call while a crypto
+                pool worker seals or opens it (``TLSConnection.want_async``);
+                smaller records stay inline.
+    """
+
+    INLINE = "inline"
+    ASYNC = "async"
+
+
+MAX_PIPELINES = 32  # SSL_MAX_PIPELINES
+_TLS_RECORD = 16384  # the largest plaintext of one record
 
 _TRANSPORT_CODE = {
     Transport.RING: lib.TLS_RING,
@@ -169,6 +190,22 @@ def _alpn_wire(protocols: Sequence[str]) -> bytes:
     return bytes(wire)
 
 
+def _record_settings(
+    pipelines: int, split: int | None, max_fragment: int | None, read_buffer: int | None
+) -> tuple[int, int, int, int]:
+    """The record knobs checked, as tls_ctx_set_records takes them (0 = OpenSSL's default)."""
+    if not 0 <= _index(pipelines, "pipelines") <= MAX_PIPELINES:
+        raise ValueError(f"pipelines must be 0 .. {MAX_PIPELINES}, got {pipelines}")
+    top = _TLS_RECORD if max_fragment is None else _index(max_fragment, "max_send_fragment")
+    if not 512 <= top <= _TLS_RECORD:
+        raise ValueError(f"max_send_fragment must be 512 .. {_TLS_RECORD}, got {max_fragment}")
+    if split is not None and not 512 <= _index(split, "split_send_fragment") <= top:
+        raise ValueError(f"split_send_fragment must be 512 .. {top}, got {split}")
+    if read_buffer is not None and not 0 <= _index(read_buffer, "read_buffer_len") <= 1 << 24:
+        raise ValueError(f"read_buffer_len must be 0 .. 16 MiB, got {read_buffer}")
+    return pipelines, split or 0, max_fragment or 0, read_buffer or 0
+
+
 class TLSContext:
     """Settings shared by connections: role, certificate, trust, versions, ALPN.
 
@@ -176,6 +213,19 @@ class TLSContext:
     name are checked against ``cafile``/``cadata``, or the system's CA
     paths) and to False for a server (no client certificate asked for).
     Raises TLSError with OpenSSL's reason for a bad certificate or key.
+
+    Record knobs: ``pipelines`` (OpenSSL's max_pipelines, 0-32: above 1 a
+    TLS 1.2 AES-GCM connection seals up to that many records of one write in
+    one cipher call, in parallel on wsstls's crypto pool, and opens as many
+    per call when they arrived together; TLS 1.3 stays at one record per
+    call), ``split_send_fragment`` and ``max_send_fragment`` (bytes per
+    pipelined record, and per record; 512-16384), ``read_buffer_len``
+    (OpenSSL's default read buffer, bytes).  ``crypto`` (see Crypto) with
+    ``offload_threshold`` (bytes) chooses ASYNC jobs; ``crypto_threads`` sizes
+    the crypto pool when this context starts it (default: one less than the
+    usable CPUs).  The pipelined cipher and the ASYNC provider are selected
+    for these contexts only: no other SSL context in the process (Python's
+    ``ssl`` included) sees them.
     """
 
     def __init__(
@@ -195,10 +245,35 @@ class TLSContext:
         ciphers: str | None = None,
         ciphersuites: str | None = None,
         num_tickets: int | None = None,
+        pipelines: int = 0,
+        split_send_fragment: int | None = None,
+        max_send_fragment: int | None = None,
+        read_buffer_len: int | None = None,
+        crypto: Crypto | str = Crypto.INLINE,
+        offload_threshold: int = _TLS_RECORD,
+        crypto_threads: int | None = None,
     ) -> None:
         if not isinstance(server, bool):
             raise TypeError(f"server must be a bool, not {type(server).__name__}")
-        raw = lib.tls_ctx_new(server)
+        records = _record_settings(pipelines, split_send_fragment, max_send_fragment,
+                                   read_buffer_len)  # fmt: skip
+        try:
+            self.crypto = Crypto(crypto)
+        except ValueError:
+            raise ValueError(
+                f"crypto must be one of {[c.value for c in Crypto]}, got {crypto!r}"
+            ) from None
+        if _index(offload_threshold, "offload_threshold") < 0:
+            raise ValueError(f"offload_threshold must be at least 0, got {offload_threshold}")
+        threads = 0 if crypto_threads is None else _index(crypto_threads, "crypto_threads")
+        if crypto_threads is not None and not 1 <= threads <= 256:
+            raise ValueError(f"crypto_threads must be 1 .. 256 (or None), got {crypto_threads}")
+        self.pipelines = records[0]
+        self.offload_threshold = offload_threshold
+        flags = (lib.TLS_CRYPTO_PIPELINE if self.pipelines else 0) | (
+            lib.TLS_CRYPTO_ASYNC if self.crypto is Crypto.ASYNC else 0
+        )
+        raw = lib.tls_ctx_new_crypto(server, flags, threads, offload_threshold)
         if raw == ffi.NULL:
             raise TLSError(_last_error("SSL_CTX_new failed"))
         self._ctx = ffi.gc(raw, lib.tls_ctx_free)
@@ -251,6 +326,8 @@ class TLSContext:
             if _index(num_tickets, "num_tickets") < 0:
                 raise ValueError(f"num_tickets must be at least 0, got {num_tickets}")
             lib.tls_ctx_set_num_tickets(raw, num_tickets)
+        if any(records) and not lib.tls_ctx_set_records(raw, *records):
+            raise TLSError(_last_error(f"cannot set the record sizes {records}"))
 
     @classmethod
     def server_self_signed(cls, name: str = "localhost", **kwargs: Any) -> TLSContext:
@@ -366,8 +443,8 @@ class TLSConnection:
                 raise TypeError("server_hostname must be a non-empty str")
         elif context.verify and not context.server:
             raise ValueError("a verifying client needs server_hostname (or verify=False)")
-        if read_ahead is None:
-            read_ahead = self.transport is Transport.RING
+        if read_ahead is None:  # pipelined reads need several records at once
+            read_ahead = self.transport is Transport.RING or context.pipelines > 1
         flags = (
             (lib.TLS_READ_AHEAD if read_ahead else 0)
             | (lib.TLS_RING_VIA_RING if via_ring else 0)
@@ -657,6 +734,51 @@ class TLSConnection:
             return "<TLSConnection closed>"
         side = "server" if self.context.server else "client"
         return f"<TLSConnection {side} {self.transport.value} {self.version or 'handshaking'}>"
+
+
+@dataclass(frozen=True)
+class CryptoCounters:
+    """Process-wide counters of the pipelined cipher, the ASYNC jobs and the crypto pool.
+
+    ``cipher_*``: calls of the pipeline-capable cipher, records in them, the
+    most in one call, and ``records_hist`` (records per call: 1, 2, 3-4, 5-8,
+    9-16, 17-32).  ``pauses``/``resumes``: ASYNC jobs paused and resumed;
+    ``want_async``: SSL calls that returned for it; ``offloaded``/``inline_ops``:
+    crypto calls that paused or stayed inline.  ``worker_ns``: time pool
+    workers spent sealing/opening; ``wait_ns``: time callers waited for them.
+    """
+
+    cipher_calls: int
+    cipher_records: int
+    cipher_max_records: int
+    records_hist: tuple[int, ...]
+    parallel_calls: int
+    async_cipher_calls: int
+    pauses: int
+    resumes: int
+    inline_ops: int
+    offloaded: int
+    want_async: int
+    pool_threads: int
+    dispatches: int
+    worker_tasks: int
+    caller_tasks: int
+    worker_ns: int
+    wait_ns: int
+
+
+def crypto_counters() -> CryptoCounters:
+    """The process's crypto counters now (see CryptoCounters)."""
+    out = ffi.new("struct tls_crypto_counters *")
+    lib.tls_crypto_counters(out)
+    values = {f.name: getattr(out, f.name) for f in fields(CryptoCounters)}
+    values["records_hist"] = tuple(out.records_hist)
+    return CryptoCounters(**values)
+
+
+def reset_crypto_counters() -> None:
+    """Zero the process's crypto counters."""
+    lib.tls_crypto_reset_counters()
 
 
 def _host_bytes(name: str) -> bytes:

@@ -26,6 +26,9 @@
 #include <openssl/rand.h>
 #include <openssl/x509v3.h>
 
+#include "asyncjob.h"
+#include "cryptopool.h"
+#include "pipecipher.h"
 #include "ringbio.h"
 #include "tlsconn.h"
 
@@ -207,6 +210,128 @@ int tls_ctx_set_alpn(SSL_CTX *ctx, const unsigned char *wire, size_t len)
     }
     SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
     return 1;
+}
+
+/* Per-context crypto settings, freed (and the pool reference dropped) with
+ * the context. */
+struct crypto_cfg {
+    int crypto;
+    size_t async_threshold;
+};
+
+static int crypto_index = -1;
+static CRYPTO_ONCE crypto_once = CRYPTO_ONCE_STATIC_INIT;
+
+static void crypto_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
+                        void *argp)
+{
+    (void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
+    if (ptr != NULL)
+        cpool_release();
+    free(ptr);
+}
+
+static void crypto_index_init(void)
+{
+    crypto_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, crypto_free);
+}
+
+SSL_CTX *tls_ctx_new_crypto(int server, int crypto, int threads, size_t async_threshold)
+{
+    if (crypto == 0)
+        return tls_ctx_new(server);
+    if ((crypto & ~(TLS_CRYPTO_PIPELINE | TLS_CRYPTO_ASYNC)) != 0 ||
+        !CRYPTO_THREAD_run_once(&crypto_once, crypto_index_init) || crypto_index < 0) {
+        ERR_raise_data(ERR_LIB_SSL, ERR_R_PASSED_INVALID_ARGUMENT, "crypto flags %d", crypto);
+        return NULL;
+    }
+    if ((crypto & TLS_CRYPTO_ASYNC) && !async_provider_init()) {
+        ERR_raise_data(ERR_LIB_SSL, ERR_R_INIT_FAIL, "the wsstls-async provider");
+        return NULL;
+    }
+    const SSL_METHOD *meth = server ? TLS_server_method() : TLS_client_method();
+    const char *propq = (crypto & TLS_CRYPTO_ASYNC) ? ASYNC_PROPQ : NULL;
+    SSL_CTX *ctx = (crypto & TLS_CRYPTO_PIPELINE) ? pipecipher_ssl_ctx_new(NULL, propq, meth)
+                                                  : SSL_CTX_new_ex(NULL, propq, meth);
+    if (ctx == NULL)
+        return NULL;
+    struct crypto_cfg *cfg = calloc(1, sizeof *cfg);
+    int err = cfg == NULL ? ENOMEM : -cpool_acquire(threads);
+    if (err != 0) {
+        free(cfg);
+        SSL_CTX_free(ctx);
+        ERR_raise_data(ERR_LIB_SSL, ERR_R_INIT_FAIL, "crypto pool: %s", strerror(err));
+        return NULL;
+    }
+    cfg->crypto = crypto;
+    cfg->async_threshold = async_threshold;
+    if (!SSL_CTX_set_ex_data(ctx, crypto_index, cfg)) { /* (the pool reference with it) */
+        cpool_release();
+        free(cfg);
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    if (!SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION)) {
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                              ((crypto & TLS_CRYPTO_ASYNC) ? SSL_MODE_ASYNC : 0));
+    return ctx;
+}
+
+int tls_ctx_set_records(SSL_CTX *ctx, size_t pipelines, size_t split, size_t max_fragment,
+                        size_t read_buffer)
+{
+    if (pipelines > SSL_MAX_PIPELINES || (max_fragment && (max_fragment < 512 ||
+        max_fragment > SSL3_RT_MAX_PLAIN_LENGTH)) || (split && max_fragment && split > max_fragment))
+        return 0;
+    if (max_fragment && !SSL_CTX_set_max_send_fragment(ctx, (long)max_fragment))
+        return 0;
+    if (split && !SSL_CTX_set_split_send_fragment(ctx, (long)split))
+        return 0;
+    if (pipelines && !SSL_CTX_set_max_pipelines(ctx, (long)pipelines)) /* (1..32) */
+        return 0;
+    if (read_buffer)
+        SSL_CTX_set_default_read_buffer_len(ctx, read_buffer);
+    return 1;
+}
+
+void tls_crypto_counters(struct tls_crypto_counters *out)
+{
+    struct pipe_counters p;
+    struct async_counters a;
+    struct cpool_counters k;
+    pipecipher_counters(&p);
+    async_global_counters(&a);
+    cpool_counters(&k);
+    memset(out, 0, sizeof *out);
+    out->cipher_calls = p.calls;
+    out->cipher_records = p.records;
+    out->cipher_max_records = p.max_records;
+    for (int i = 0; i < PIPE_HIST; i++)
+        out->records_hist[i] = p.hist[i];
+    out->parallel_calls = p.parallel_calls;
+    out->async_cipher_calls = p.async_calls;
+    out->pauses = a.pauses;
+    out->resumes = a.resumes;
+    out->inline_ops = a.inline_ops;
+    out->offloaded = a.offloaded;
+    out->want_async = a.want_async;
+    out->pool_threads = k.threads;
+    out->dispatches = k.dispatches;
+    out->worker_tasks = k.tasks;
+    out->caller_tasks = k.caller_tasks;
+    out->worker_ns = k.worker_ns;
+    out->wait_ns = k.wait_ns;
+}
+
+void tls_crypto_reset_counters(void)
+{
+    pipecipher_reset_counters();
+    async_reset_global_counters();
+    cpool_reset_counters();
 }
 
 int tls_ctx_set_ciphers(SSL_CTX *ctx, const char *tls12, const char *tls13)

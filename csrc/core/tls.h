@@ -75,6 +75,41 @@ int tls_ctx_set_alpn(SSL_CTX *ctx, const unsigned char *wire, size_t len);
 int tls_ctx_set_ciphers(SSL_CTX *ctx, const char *tls12, const char *tls13);
 int tls_ctx_set_num_tickets(SSL_CTX *ctx, size_t n);
 
+/* How a context's records are sealed and opened (tls_ctx_new_crypto):
+ *   TLS_CRYPTO_PIPELINE  TLS 1.2 AES-GCM by our pipeline-capable cipher
+ *                        (pipecipher.h): with max_pipelines > 1, one
+ *                        SSL_write's records are sealed in one call, in
+ *                        parallel on the crypto pool; TLS 1.3 stays at one;
+ *   TLS_CRYPTO_ASYNC     SSL_MODE_ASYNC with our provider's AES-GCM
+ *                        (asyncjob.h): records of at least the threshold
+ *                        pause the SSL call (TLS_WANT_ASYNC) while a pool
+ *                        worker seals them. */
+enum tls_crypto_flags {
+    TLS_CRYPTO_PIPELINE = 1,
+    TLS_CRYPTO_ASYNC = 2,
+};
+
+/* tls_ctx_new with crypto flags; threads: the crypto pool's workers when
+ * this context starts it (< 1: one less than the usable CPUs).  NULL on
+ * failure. */
+SSL_CTX *tls_ctx_new_crypto(int server, int crypto, int threads, size_t async_threshold);
+/* Record sizes: max_pipelines (0 = off), split_send_fragment and
+ * max_send_fragment (0 = OpenSSL's default), the default read buffer length
+ * (0 = OpenSSL's; pipelined reads need about pipelines x 16,709 bytes). */
+int tls_ctx_set_records(SSL_CTX *ctx, size_t pipelines, size_t split, size_t max_fragment,
+                        size_t read_buffer);
+
+/* Process-wide crypto counters: the pipelined cipher, the ASYNC pauses, the pool. */
+struct tls_crypto_counters {
+    uint64_t cipher_calls, cipher_records, cipher_max_records;
+    uint64_t records_hist[6]; /* records per call: 1, 2, 3-4, 5-8, 9-16, 17-32 */
+    uint64_t parallel_calls, async_cipher_calls;
+    uint64_t pauses, resumes, inline_ops, offloaded, want_async;
+    uint64_t pool_threads, dispatches, worker_tasks, caller_tasks, worker_ns, wait_ns;
+};
+void tls_crypto_counters(struct tls_crypto_counters *out);
+void tls_crypto_reset_counters(void);
+
 /* An RSA self-signed certificate for `name` (DNS and, when it parses as
  * one, IP subject alternative names), made with OpenSSL's own API.  The
  * PEM strings are NUL-terminated; free them with tls_free. */
