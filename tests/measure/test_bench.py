@@ -144,7 +144,7 @@ def test_client_bound_cells_are_marked_and_not_concluded_from() -> None:
     assert report.marks(base).startswith("c")
     line = report.comparison("64 B x 100", base, other, "inline", "offload")
     assert "no conclusion from msg/s" in line and "inline" in line
-    assert "7.5 vs 5.0 us (1.50x)" in line
+    assert "7.5 vs 5.0 us (1.50x, runs 1.50-1.50x)" in line
     free = _cell("inline", [200.0, 210.0, 190.0], saturation=0.6, us=5.0)
     line = report.comparison("64 B x 100", free, other, "inline", "offload")
     assert "no conclusion" not in line

@@ -200,6 +200,8 @@ def draw(
         sc.set_xlabel(f"server cores ({human_size(first.size)} x {first.conns} connections)")
         sc.legend(fontsize=8)
     else:
+        sc.set_xticks([])
+        sc.set_yticks([])
         sc.text(
             0.5,
             0.5,

@@ -245,9 +245,11 @@ def comparison(what: str, x: Cell, y: Cell, xname: str, yname: str) -> str:
     """One line comparing ``y`` with the baseline ``x`` - or saying why msg/s cannot."""
     cpu = ""
     if x.server_us_per_msg and y.server_us_per_msg:
+        rs = paired_ratios(y, x, "server_us_per_msg")
+        runs = f", runs {min(rs):.2f}-{max(rs):.2f}x" if len(rs) > 1 else ""
         cpu = (
             f"server CPU per message {y.server_us_per_msg:.1f} vs {x.server_us_per_msg:.1f} us "
-            f"({y.server_us_per_msg / x.server_us_per_msg:.2f}x)"
+            f"({y.server_us_per_msg / x.server_us_per_msg:.2f}x{runs})"
         )
     shared = [n for n, c in ((xname, x), (yname, y)) if c.shares_client_cpus]
     tail = f"; {' and '.join(shared)} shared the client's CPUs" if shared else ""

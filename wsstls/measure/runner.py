@@ -236,17 +236,20 @@ class Cell:
             "server_cpus": list(self.server_cpus) if self.server_cpus is not None else None,
             "shares_client_cpus": self.shares_client_cpus,
             "server_us_per_msg": self.server_us_per_msg,
+            "server_us_per_msg_runs": [s.server_us_per_msg for s in self.samples],
             **self.extra,
         }
 
 
-def paired_ratios(a: Cell, b: Cell) -> list[float]:
-    """msg/s of ``a`` over ``b``, run by run (runs i of both were taken back to back)."""
-    return [
-        x.msg_per_s / y.msg_per_s
-        for x, y in zip(a.samples, b.samples, strict=True)
-        if y.msg_per_s > 0
-    ]
+def paired_ratios(a: Cell, b: Cell, figure: str = "msg_per_s") -> list[float]:
+    """``figure`` of ``a`` over ``b``, run by run (runs i of both were taken back to back)."""
+    n = min(len(a.samples), len(b.samples))
+    out = []
+    for x, y in zip(a.samples[:n], b.samples[:n], strict=True):
+        num, den = getattr(x, figure), getattr(y, figure)
+        if num is not None and den:
+            out.append(num / den)
+    return out
 
 
 def _progress(msg: str) -> None:
