@@ -188,10 +188,10 @@ def draw(
         ax.yaxis.set_major_formatter(FuncFormatter(_thousands))
     sc = axes[0][2]
     sc.set_title("scaling: throughput by server cores")
-    sc.set_ylabel("messages/s")
     sc.yaxis.set_major_formatter(FuncFormatter(_thousands))
     sc.grid(True, alpha=0.3)
     if cores:
+        sc.set_ylabel("messages/s")
         sc.set_xscale("log", base=2)
         sc.xaxis.set_major_locator(FixedLocator(cores))
         sc.xaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}"))
