@@ -536,18 +536,20 @@ def encode_header(
     if not 0 <= length < 1 << 63:
         raise ValueError(f"length {length} out of range")
     b0 = (0x80 if fin else 0) | rsv << 4 | opcode
-    m = 0
-    if mask_key is not None:
-        if len(mask_key) != 4:
-            raise ValueError("mask_key must be 4 bytes")
-        m = 0x80
-    if length < 126:
-        head = _H2(b0, m | length)
-    elif length < 65536:
-        head = _H4(b0, m | 126, length)
-    else:
-        head = _H10(b0, m | 127, length)
-    return head + bytes(mask_key) if mask_key is not None else head
+    if mask_key is None:
+        return _pack_header(b0, 0, length)
+    if len(mask_key) != 4:
+        raise ValueError("mask_key must be 4 bytes")
+    return _pack_header(b0, 0x80, length) + bytes(mask_key)
+
+
+def _pack_header(b0: int, mask_bit: int, n: int) -> bytes:
+    """First byte ``b0``, then the MASK bit and the minimal encoding of length ``n``."""
+    if n < 126:
+        return _H2(b0, mask_bit | n)
+    if n < 65536:
+        return _H4(b0, mask_bit | 126, n)
+    return _H10(b0, mask_bit | 127, n)
 
 
 def encode_frame(
@@ -619,36 +621,62 @@ def parse_close(payload: Buffer) -> tuple[int, str]:
     return code, reason
 
 
+def _check_header(b0: int, length: int) -> None:
+    """Raise ProtocolError (1002) if a frame header breaks a rule of RFC 6455 5.2 that
+    needs no connection state: reserved bits (no extension is negotiated), a reserved
+    opcode, a control frame that is fragmented or longer than 125 bytes.
+
+    ``length`` is the payload length, or the header's 7-bit length field (over 125
+    exactly when the payload is).  The rules and their order are those of
+    csrc/core/wsframe.c, the C frame parser (tests/core/test_wsframe.py checks that
+    the two agree over random headers).
+    """
+    if b0 & 0x70:
+        raise ProtocolError(CloseCode.PROTOCOL_ERROR, "reserved bits set")
+    op = b0 & 0x0F
+    if op & 8:
+        if op > Opcode.PONG:
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"reserved opcode {op}")
+        if not b0 & 0x80:
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "fragmented control frame")
+        if length > 125:
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "control frame over 125 bytes")
+    elif op > Opcode.BINARY:
+        raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"reserved opcode {op}")
+
+
 def _header(view: Buffer, pos: int, avail: int, mask_bit: int) -> tuple[int, int, int] | None:
     """(header length, payload length, key) of the header at view[pos:], None if incomplete.
 
-    ``avail`` >= 2 bytes are readable from ``pos``.  Raises ProtocolError for a
-    wrong MASK bit and for length encodings RFC 6455 5.2 forbids.
+    ``avail`` >= 2 bytes are readable from ``pos``.  Raises ProtocolError for what the
+    first two bytes decide (``_check_header``, then a wrong MASK bit) as soon as they
+    are there, then for length encodings RFC 6455 5.2 forbids.
     """
     b1 = view[pos + 1]
+    ln = b1 & 0x7F
+    _check_header(view[pos], ln)
     if b1 & 0x80 != mask_bit:
         if mask_bit:
             raise ProtocolError(CloseCode.PROTOCOL_ERROR, "unmasked frame from a client")
         raise ProtocolError(CloseCode.PROTOCOL_ERROR, "masked frame from a server")
-    ln = b1 & 0x7F
     hl = 6 if mask_bit else 2
     if ln == 126:
         hl += 2
-        if avail < hl:
+        if avail < hl - (4 if mask_bit else 0):
             return None
         ln = _U16(view, pos + 2)[0]
         if ln < 126:
             raise ProtocolError(CloseCode.PROTOCOL_ERROR, "non-minimal 16-bit length")
     elif ln == 127:
         hl += 8
-        if avail < hl:
+        if avail < hl - (4 if mask_bit else 0):
             return None
         ln = _U64(view, pos + 2)[0]
         if ln >> 63:
             raise ProtocolError(CloseCode.PROTOCOL_ERROR, "64-bit length with its MSB set")
         if ln < 65536:
             raise ProtocolError(CloseCode.PROTOCOL_ERROR, "non-minimal 64-bit length")
-    elif avail < hl:
+    if avail < hl:
         return None
     return hl, ln, _KEY(view, pos + hl - 4)[0] if mask_bit else 0
 
@@ -665,23 +693,12 @@ class Frame:
     def check(self) -> None:
         """Raise ProtocolError (1002, or 1007 for a close reason) if RFC 6455 forbids this frame.
 
-        Checks what needs no connection state: RSV bits (no extension is
-        negotiated), reserved opcodes, control frames that are fragmented or
-        longer than 125 bytes, close payloads.
+        Checks what needs no connection state: the header's rules (as the parser
+        does) and a close frame's payload.
         """
-        if self.rsv:
-            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "reserved bits set")
-        if self.opcode & 8:
-            if self.opcode > Opcode.PONG:
-                raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"reserved opcode {self.opcode}")
-            if not self.fin:
-                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "fragmented control frame")
-            if len(self.payload) > 125:
-                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "control frame over 125 bytes")
-            if self.opcode == Opcode.CLOSE:
-                parse_close(self.payload)
-        elif self.opcode > Opcode.BINARY:
-            raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"reserved opcode {self.opcode}")
+        _check_header((0x80 if self.fin else 0) | self.rsv << 4 | self.opcode, len(self.payload))
+        if self.opcode == Opcode.CLOSE:
+            parse_close(self.payload)
 
     def serialize(self, *, mask_key: bytes | None = None) -> bytearray:
         """The frame's bytes, masked with ``mask_key`` if given (a client's frame)."""
@@ -932,26 +949,18 @@ class FrameParser:
         except (TypeError, BufferError):
             raise TypeError("received data must be a writable buffer (unmasked in place)") from None
 
-    def _check(self, b0: int, ln: int) -> None:
-        """Raise ProtocolError if a frame with first byte b0 and length ln may not come now."""
-        if b0 & 0x70:
-            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "reserved bits set")
+    def _check_state(self, b0: int, ln: int) -> None:
+        """Raise ProtocolError if a valid frame (b0, length ln) may not come now: a
+        continuation outside a message, a data frame inside one, a message too big."""
         op = b0 & 0x0F
         if op & 8:
-            if op > 10:
-                raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"reserved opcode {op}")
-            if not b0 & 0x80:
-                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "fragmented control frame")
-            if ln > 125:
-                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "control frame over 125 bytes")
-        elif op == 0:
+            return
+        if op == 0:
             if not self._msg_op:
                 raise ProtocolError(CloseCode.PROTOCOL_ERROR, "continuation without a message")
             if self._msg_len + ln > self.max_size:
                 raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, "message too big")
         else:
-            if op > 2:
-                raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"reserved opcode {op}")
             if self._msg_op:
                 raise ProtocolError(
                     CloseCode.PROTOCOL_ERROR, "new data frame inside a fragmented message"
@@ -1030,7 +1039,9 @@ class FrameParser:
         return pos
 
     def _carry_header(self, view: memoryview, pos: int, n: int) -> int:
-        """Complete a header split by consume_all; once complete, start streaming its frame."""
+        """Complete a header split by consume_all; once complete, start streaming its frame.
+
+        Its rules are checked as its bytes come (``_header``), as for a header in a view."""
         hdr = self._hdr
         if len(hdr) < 2:
             take = min(2 - len(hdr), n - pos)
@@ -1043,13 +1054,12 @@ class FrameParser:
         take = min(hl - len(hdr), n - pos)
         hdr += view[pos : pos + take]
         pos += take
-        if len(hdr) < hl:
+        head = _header(hdr, 0, len(hdr), self._mask_bit)
+        if head is None:
             return pos
-        head = _header(hdr, 0, hl, self._mask_bit)
-        assert head is not None
         _, ln, key = head
         b0 = hdr[0]
-        self._check(b0, ln)
+        self._check_state(b0, ln)
         hdr.clear()
         self._begin_stream(b0, ln, key, 0)
         return pos
@@ -1080,6 +1090,8 @@ class FrameParser:
                 ln = b1 & 0x7F
                 if ln < 126 and b1 & 0x80 == mask_bit and avail >= short:
                     # The short header, inlined: most frames of a busy connection.
+                    if b0 != 0x81 and b0 != 0x82:
+                        _check_header(b0, ln)
                     hl = short
                     key = _KEY(view, pos + 2)[0] if mask_bit else 0
                     complete = True
@@ -1093,10 +1105,10 @@ class FrameParser:
                     self._hdr += view[pos:n]
                     return n
                 return pos
-            # A final TEXT or BINARY frame outside a fragmented message needs
-            # no check beyond its size; anything else goes through _check.
-            if (b0 != 0x81 and b0 != 0x82) or self._msg_op or ln > self.max_size:
-                self._check(b0, ln)
+            # The header's own rules are checked; what the connection's state
+            # forbids can only concern a continuation, a fragmented message or size.
+            if not b0 & 0x0F or self._msg_op or ln > self.max_size:
+                self._check_state(b0, ln)
             total = hl + ln
             if total > in_place_limit:
                 self._begin_stream(b0, ln, key, 0)
@@ -1308,15 +1320,8 @@ class Connection:
         if type(data) is str:
             data = data.encode("utf-8")
         if take and not self._out and not self._client and type(data) is bytearray:
-            n = len(data)
-            if n < 126:
-                head = _H2(0x80 | opcode, n)
-            elif n < 65536:
-                head = _H4(0x80 | opcode, 126, n)
-            else:
-                head = _H10(0x80 | opcode, 127, n)
-            try:
-                data[:0] = head  # moves the payload up in place (a realloc at most)
+            try:  # moves the payload up in place (a realloc at most)
+                data[:0] = _pack_header(0x80 | opcode, 0, len(data))
             except BufferError:  # a view of it is alive: it cannot move
                 pass
             else:
@@ -1366,12 +1371,7 @@ class Connection:
             return
         n = len(payload) if type(payload) is not memoryview else payload.nbytes
         out = self._out
-        if n < 126:
-            out += _H2(0x80 | opcode, n)
-        elif n < 65536:
-            out += _H4(0x80 | opcode, 126, n)
-        else:
-            out += _H10(0x80 | opcode, 127, n)
+        out += _pack_header(0x80 | opcode, 0, n)
         out += payload
 
     def _mask_key(self) -> bytes:

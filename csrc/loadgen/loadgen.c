@@ -40,6 +40,7 @@
 
 #include "core/ring.h"
 #include "core/tls.h"
+#include "core/wsframe.h"
 #include "core/wsmask.h"
 
 #define MAX_EVENTS 256
@@ -70,7 +71,6 @@ enum state {
 
 enum rx_kind { RX_DATA, RX_CONTROL, RX_SKIP };
 
-enum opcode { OP_CONT = 0, OP_TEXT = 1, OP_BINARY = 2, OP_CLOSE = 8, OP_PING = 9, OP_PONG = 10 };
 
 struct conn {
     int fd, index, state;
@@ -381,33 +381,6 @@ static int pump_output(struct lg *g, struct conn *c)
     return update_interest(g, c);
 }
 
-/* A client frame header with its masking key; returns its length. */
-static size_t frame_header(unsigned char *h, unsigned opcode, uint64_t len, uint32_t key)
-{
-    size_t i;
-    h[0] = (unsigned char)(0x80 | opcode);
-    if (len < 126) {
-        h[1] = (unsigned char)(0x80 | len);
-        i = 2;
-    } else if (len <= 0xFFFF) {
-        h[1] = 0x80 | 126;
-        h[2] = (unsigned char)(len >> 8);
-        h[3] = (unsigned char)len;
-        i = 4;
-    } else {
-        h[1] = 0x80 | 127;
-        for (int b = 0; b < 8; b++)
-            h[2 + b] = (unsigned char)(len >> (56 - 8 * b));
-        i = 10;
-    }
-    /* Wire order k0 k1 k2 k3 = key packed little-endian (wsmask.h). */
-    for (int b = 0; b < 4; b++)
-        h[i + (size_t)b] = (unsigned char)(key >> (8 * b));
-    return i + 4;
-}
-
-static size_t header_len(uint64_t len) { return len < 126 ? 6 : len <= 0xFFFF ? 8 : 14; }
-
 /* Queue a masked control frame (payload <= 125 bytes). */
 static void queue_control(struct lg *g, struct conn *c, unsigned opcode, const unsigned char *data,
                           size_t len)
@@ -415,7 +388,7 @@ static void queue_control(struct lg *g, struct conn *c, unsigned opcode, const u
     if (c->ctl_off == c->ctl_len)
         c->ctl_off = c->ctl_len = 0;
     uint32_t key = (uint32_t)(rnd(g) >> 32);
-    size_t h = frame_header(c->ctl + c->ctl_len, opcode, len, key);
+    size_t h = ws_encode_header(c->ctl + c->ctl_len, opcode, 1, len, &key);
     ws_mask_copy(c->ctl + c->ctl_len + h, data, len, key, 0);
     c->ctl_len += h + len;
 }
@@ -425,7 +398,7 @@ static int send_message(struct lg *g, struct conn *c, uint64_t now)
 {
     size_t n = g->cfg->message_size;
     uint32_t key = (uint32_t)(rnd(g) >> 32);
-    size_t h = frame_header(c->frame, g->opcode, n, key);
+    size_t h = ws_encode_header(c->frame, g->opcode, 1, n, &key);
     ws_mask_copy(c->frame + h, c->payload, n, key, 0);
     c->wlen = h + n;
     c->woff = 0;
@@ -681,67 +654,39 @@ static int on_message(struct lg *g, struct conn *c)
 static int parse_header(struct lg *g, struct conn *c)
 {
     size_t avail = ring_len(c->in), span;
-    if (avail < 2)
-        return 0;
-    unsigned char copy[14];
-    const unsigned char *h = ring_peek_region(c->in, &span);
+    unsigned char copy[WS_HEADER_MAX];
+    const unsigned char *p = ring_peek_region(c->in, &span);
     size_t have = span;
-    if (span < 14 && span < avail) { /* the header wraps around the ring */
+    if (span < WS_HEADER_MAX && span < avail) { /* the header wraps around the ring */
         have = ring_peek(c->in, copy, min_sz(avail, sizeof copy));
-        h = copy;
+        p = copy;
     }
-    unsigned fin = h[0] >> 7, rsv = (h[0] >> 4) & 7, op = h[0] & 15;
-    unsigned masked = h[1] >> 7, len7 = h[1] & 127;
-    size_t need = len7 == 126 ? 4 : len7 == 127 ? 10 : 2;
-    if (have < need)
+    struct ws_header h;
+    int r = ws_parse_header(p, have, 0, &h); /* a server's frames are unmasked */
+    if (r == WS_HEADER_INCOMPLETE)
         return 0;
-    uint64_t len = len7;
-    if (len7 == 126)
-        len = (uint64_t)h[2] << 8 | h[3];
-    else if (len7 == 127) {
-        len = 0;
-        for (int b = 0; b < 8; b++)
-            len = len << 8 | h[2 + b];
+    if (r != WS_HEADER_OK) {
+        conn_fail(g, c, "bad frame header from the server (0x%02x 0x%02x): %s", p[0], p[1],
+                  ws_header_error(r));
+        return -1;
     }
+    unsigned fin = h.fin, op = h.opcode;
+    uint64_t len = h.length;
+    size_t need = h.size;
     int closing = c->state == S_CLOSING;
-    if (rsv != 0) {
-        conn_fail(g, c, "reserved bits set in a frame header (0x%02x)", h[0]);
-        return -1;
-    }
-    if (masked) {
-        conn_fail(g, c, "the server sent a masked frame");
-        return -1;
-    }
-    if ((len7 == 126 && len < 126) || (len7 == 127 && (len <= 0xFFFF || len >> 63))) {
-        conn_fail(g, c, "frame length %llu not in its minimal or a valid encoding",
-                  (unsigned long long)len);
-        return -1;
-    }
-    if (op >= 8) {
-        if (op != OP_CLOSE && op != OP_PING && op != OP_PONG) {
-            conn_fail(g, c, "reserved opcode %u", op);
-            return -1;
-        }
-        if (!fin || len > 125) {
-            conn_fail(g, c, "control frame fragmented or longer than 125 bytes");
-            return -1;
-        }
+    if (op >= WS_OP_CLOSE) {
         c->rx_kind = RX_CONTROL;
         c->ctl_in_len = 0;
     } else if (closing) {
         c->rx_kind = RX_SKIP; /* the echo still in flight when we closed */
     } else {
         size_t size = g->cfg->message_size;
-        if (op != OP_CONT && op != OP_TEXT && op != OP_BINARY) {
-            conn_fail(g, c, "reserved opcode %u", op);
+        if (op == WS_OP_CONT ? !c->msg_frag : c->msg_frag) {
+            conn_fail(g, c, op == WS_OP_CONT ? "a continuation frame outside a message"
+                                             : "a new message inside a fragmented one");
             return -1;
         }
-        if (op == OP_CONT ? !c->msg_frag : c->msg_frag) {
-            conn_fail(g, c, op == OP_CONT ? "a continuation frame outside a message"
-                                          : "a new message inside a fragmented one");
-            return -1;
-        }
-        if (op != OP_CONT && op != g->opcode) {
+        if (op != WS_OP_CONT && op != g->opcode) {
             conn_fail(g, c, "wrong opcode %u (expected %u)", op, (unsigned)g->opcode);
             return -1;
         }
@@ -773,7 +718,7 @@ static int end_frame(struct lg *g, struct conn *c)
 {
     c->rx_in_frame = 0;
     switch (c->rx_opcode) {
-    case OP_CLOSE:
+    case WS_OP_CLOSE:
         if (c->state == S_CLOSING) {
             finish_close(g, c);
             return -1;
@@ -781,15 +726,15 @@ static int end_frame(struct lg *g, struct conn *c)
         conn_fail(g, c, "the server sent a close frame (code %u)",
                   c->ctl_in_len >= 2 ? (unsigned)c->ctl_in[0] << 8 | c->ctl_in[1] : 1005u);
         return -1;
-    case OP_PING:
+    case WS_OP_PING:
         /* Answer pings until our close frame is queued; when two pongs
          * already wait, the newest ping goes unanswered (RFC 6455 5.5.3
          * allows answering only some). */
         if (c->state == S_OPEN &&
             (c->ctl_len == c->ctl_off || c->ctl_len + 6 + 125 + 8 <= CTL_CAP))
-            queue_control(g, c, OP_PONG, c->ctl_in, c->ctl_in_len);
+            queue_control(g, c, WS_OP_PONG, c->ctl_in, c->ctl_in_len);
         return pump_output(g, c);
-    case OP_PONG:
+    case WS_OP_PONG:
         return 0;
     default:
         if (c->rx_kind == RX_DATA && c->rx_fin && c->state == S_OPEN)
@@ -933,7 +878,7 @@ static void begin_close(struct lg *g)
             conn_close(g, c); /* the run ended before it was set up: not a failure */
         } else if (c->state == S_OPEN) {
             c->state = S_CLOSING;
-            queue_control(g, c, OP_CLOSE, normal, sizeof normal);
+            queue_control(g, c, WS_OP_CLOSE, normal, sizeof normal);
             pump_output(g, c);
         }
     }
@@ -1116,7 +1061,7 @@ static int alloc_conns(struct lg *g)
     const struct loadgen_config *cfg = g->cfg;
     size_t n = cfg->message_size;
     size_t request = strlen(cfg->path) + strlen(cfg->host_header) + 256;
-    g->frame_cap = header_len(n) + n > request ? header_len(n) + n : request;
+    g->frame_cap = ws_header_size(n, 1) + n > request ? ws_header_size(n, 1) + n : request;
     /* Room for a whole small echo; large ones are compared as they arrive. */
     g->ring_cap = pow2_at_least(n + 14 < HEAD_MAX ? HEAD_MAX : min_sz(n + 14, 65536));
     g->conns = calloc((size_t)g->n, sizeof *g->conns);
@@ -1194,7 +1139,7 @@ int loadgen_run(const struct loadgen_config *cfg, struct loadgen_result *out)
     }
 
     g.n = cfg->connections;
-    g.opcode = cfg->text ? OP_TEXT : OP_BINARY;
+    g.opcode = cfg->text ? WS_OP_TEXT : WS_OP_BINARY;
     g.prng = cfg->seed;
     if (g.prng == 0 && RAND_bytes((unsigned char *)&g.prng, sizeof g.prng) != 1) {
         ERR_clear_error();

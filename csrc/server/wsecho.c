@@ -8,9 +8,9 @@
 #include <sys/socket.h>
 
 #include "core/utf8.h"
+#include "core/wsframe.h"
 #include "core/wsmask.h"
 
-enum { OP_TEXT = 1, OP_BINARY = 2, OP_PONG = 10 };
 enum { KIND_FRAME = -1, KIND_PONG = -2 }; /* classify(): more than a wsecho status */
 
 /* Receive into the plaintext ring: TLS, or (c == NULL) the plain socket
@@ -75,25 +75,6 @@ static long finish_pending(tls_conn *c, ring *plain, struct wsecho *st)
     return 1;
 }
 
-static size_t server_header(unsigned char *h, int opcode, uint64_t len)
-{
-    h[0] = (unsigned char)(0x80 | opcode);
-    if (len < 126) {
-        h[1] = (unsigned char)len;
-        return 2;
-    }
-    if (len < 65536) {
-        h[1] = 126;
-        h[2] = (unsigned char)(len >> 8);
-        h[3] = (unsigned char)len;
-        return 4;
-    }
-    h[1] = 127;
-    for (int i = 0; i < 8; i++)
-        h[2 + i] = (unsigned char)(len >> (56 - 8 * i));
-    return 10;
-}
-
 /* More of an incomplete text frame's payload (masked; bytes [done, have) of
  * it, the DFA in *state): 0 once a byte cannot be UTF-8, so the message fails
  * without waiting for the rest (RFC 6455 8.1), as in the framer.  Read only:
@@ -112,62 +93,33 @@ static int text_so_far_valid(const unsigned char *payload, size_t done, size_t h
     return 1;
 }
 
-static uint32_t mask_key(const unsigned char *k)
-{
-    return (uint32_t)k[0] | (uint32_t)k[1] << 8 | (uint32_t)k[2] << 16 | (uint32_t)k[3] << 24;
-}
-
 /* The frame at the head of `p` (avail bytes): WSECHO_WAIT if incomplete,
  * WSECHO_BAD_UTF8 if an incomplete text frame is invalid already,
- * WSECHO_SLOW if not plain, KIND_PONG for a whole pong, else KIND_FRAME;
- * the last two with the layout filled in. */
-static long classify(const unsigned char *p, size_t avail, size_t cap, struct wsecho *st,
-                     size_t *hdr, uint64_t *len)
+ * WSECHO_SLOW if not plain (or not valid: the framer answers it), KIND_PONG
+ * for a whole pong, else KIND_FRAME; the last two with its header in *h. */
+static int classify(const unsigned char *p, size_t avail, size_t cap, struct wsecho *st,
+                    struct ws_header *h)
 {
-    size_t max_message = st->max_message;
-    if (avail < 2)
+    int r = ws_parse_header(p, avail, 1, h);
+    if (r == WS_HEADER_INCOMPLETE)
         return WSECHO_WAIT;
-    int op = p[0] & 0x0f;
-    if (p[0] == (0x80 | OP_PONG) && (p[1] & 0x80) && (p[1] & 0x7f) <= 125) {
-        *hdr = 6;
-        *len = p[1] & 0x7f;
-        return avail < *hdr + *len ? WSECHO_WAIT : KIND_PONG;
-    }
-    if ((p[0] & 0xf0) != 0x80 || (op != OP_TEXT && op != OP_BINARY) || !(p[1] & 0x80))
-        return WSECHO_SLOW; /* not FIN, RSV set, not data, or unmasked */
-    uint64_t n = p[1] & 0x7f;
-    *hdr = 6;
-    if (n == 126) {
-        if (avail < 4)
-            return WSECHO_WAIT;
-        n = (uint64_t)p[2] << 8 | p[3];
-        if (n < 126)
-            return WSECHO_SLOW; /* non-minimal: the framer says 1002 */
-        *hdr = 8;
-    } else if (n == 127) {
-        if (avail < 10)
-            return WSECHO_WAIT;
-        n = 0;
-        for (int i = 0; i < 8; i++)
-            n = n << 8 | p[2 + i];
-        if (n < 65536 || n >> 63)
-            return WSECHO_SLOW;
-        *hdr = 14;
-    }
-    if (n > max_message || *hdr + n > cap)
+    if (r == WS_HEADER_OK && h->opcode == WS_OP_PONG) /* final, <= 125 bytes: valid */
+        return avail < h->size + h->length ? WSECHO_WAIT : KIND_PONG;
+    if (r != WS_HEADER_OK || !h->fin || (h->opcode != WS_OP_TEXT && h->opcode != WS_OP_BINARY))
+        return WSECHO_SLOW; /* not final, not data, or broken: the framer's */
+    if (h->length > st->max_message || h->size + h->length > cap)
         return WSECHO_SLOW; /* too big to echo in place: the framer streams it */
-    if (avail < *hdr + n) {
-        if (op == OP_TEXT && avail > *hdr + st->text_done) {
+    if (avail < h->size + h->length) {
+        size_t have = avail - h->size;
+        if (h->opcode == WS_OP_TEXT && have > st->text_done) {
             if (st->text_done == 0)
                 st->text_state = UTF8_ACCEPT;
-            if (!text_so_far_valid(p + *hdr, st->text_done, avail - *hdr, mask_key(p + *hdr - 4),
-                                   &st->text_state))
+            if (!text_so_far_valid(p + h->size, st->text_done, have, h->key, &st->text_state))
                 return WSECHO_BAD_UTF8;
-            st->text_done = avail - *hdr;
+            st->text_done = have;
         }
         return WSECHO_WAIT;
     }
-    *len = n;
     return KIND_FRAME;
 }
 
@@ -206,40 +158,38 @@ int wsecho_pump(tls_conn *c, ring *plain, struct wsecho *st, int flags)
         if (ring_read_iov(plain, iov) == 0)
             return settled(st, WSECHO_WAIT);
         unsigned char *p = iov[0].iov_base; /* mirrored: all readable bytes */
-        size_t hdr = 0;
-        uint64_t len = 0;
-        long kind = classify(p, iov[0].iov_len, cap, st, &hdr, &len);
+        struct ws_header h;
+        int kind = classify(p, iov[0].iov_len, cap, st, &h);
         if (kind == WSECHO_WAIT && !st->ended)
             return WSECHO_WAIT; /* an incomplete frame: the only way the cache lives on */
         st->text_done = 0; /* from here on the head frame is complete, or not ours */
         if (kind == WSECHO_WAIT)
             return WSECHO_ENDED; /* an incomplete frame that will never complete */
         if (kind == WSECHO_SLOW || kind == WSECHO_BAD_UTF8)
-            return (int)kind; /* BAD_UTF8: the caller fails the connection */
+            return kind; /* BAD_UTF8: the caller fails the connection */
+        size_t len = (size_t)h.length; /* fits: at most the ring's capacity */
         if (kind == KIND_PONG) { /* nothing to answer: the keepalive's reply */
-            ring_consume(plain, hdr + len); /* cannot fail: the frame is readable */
+            ring_consume(plain, h.size + len); /* cannot fail: the frame is readable */
             st->pongs++;
             continue;
         }
-        int op = p[0] & 0x0f;
-        uint32_t key = mask_key(p + hdr - 4);
-        unsigned char *payload = p + hdr;
-        if (op == OP_TEXT) {
+        unsigned char *payload = p + h.size;
+        if (h.opcode == WS_OP_TEXT) {
             uint32_t state = UTF8_ACCEPT;
-            if (ws_unmask_utf8(&state, payload, len, key, 0) != len || state != UTF8_ACCEPT)
+            if (ws_unmask_utf8(&state, payload, len, h.key, 0) != len || state != UTF8_ACCEPT)
                 return WSECHO_BAD_UTF8; /* the frame is now garbage: the caller fails */
         } else {
-            ws_mask(payload, len, key, 0);
+            ws_mask(payload, len, h.key, 0);
         }
-        unsigned char sh[10];
-        size_t shlen = server_header(sh, op, len);
+        unsigned char sh[WS_HEADER_MAX];
+        size_t shlen = ws_encode_header(sh, h.opcode, 1, len, NULL);
         unsigned char *echo = payload - shlen; /* over the client header's tail */
         for (size_t i = 0; i < shlen; i++)
             echo[i] = sh[i];
         st->messages++; /* committed: it goes out, or the connection dies */
         st->bytes += len;
-        st->pending_frame = hdr + len;
-        st->pending_skip = hdr - shlen;
+        st->pending_frame = h.size + len;
+        st->pending_skip = h.size - shlen;
         st->pending_len = shlen + len;
         st->pending_sent = 0;
         long r = finish_pending(c, plain, st);
@@ -254,7 +204,7 @@ int wsecho_pump(tls_conn *c, ring *plain, struct wsecho *st, int flags)
 
 int wsecho_ping(tls_conn *c, struct wsecho *st)
 {
-    static const unsigned char empty_ping[2] = {0x80 | 0x9, 0};
+    static const unsigned char empty_ping[2] = {0x80 | WS_OP_PING, 0};
     if (c == NULL || st->pending_len > 0)
         return 0;
     long put = tls_write(c, empty_ping, sizeof empty_ping);
