@@ -21,7 +21,9 @@
 #include "counter.h"
 
 struct ringbio {
-    ring *rx, *tx;
+    ring **rxp, **txp; /* the caller's: it owns and frees the rings */
+    size_t cap;        /* RINGBIO_LAZY: of the rings made when needed */
+    int ring_flags;
     int fd;
     int flags;
     /* Set by whoever reads the socket, read by whoever runs the SSL object
@@ -33,19 +35,31 @@ struct ringbio {
     counter rx_syscalls, rx_bytes, rx_direct, tx_syscalls, tx_bytes, tx_direct, eagain;
 };
 
-/* Queries that hold while the connection is parked (no rings). */
+#define RX(s) (*(s)->rxp)
+#define TX(s) (*(s)->txp)
+
+/* Queries that hold without rings (lazy, or parked). */
 static int none_in(const ring *r) { return r == NULL || ring_empty(r); }
 static size_t len_of(const ring *r) { return r != NULL ? ring_len(r) : 0; }
+
+/* RINGBIO_LAZY: the ring at *where, made now if missing; NULL if it cannot be. */
+static ring *need(struct ringbio *s, ring **where)
+{
+    if (*where == NULL && (s->flags & RINGBIO_LAZY))
+        *where = ring_create(s->cap, s->ring_flags);
+    return *where;
+}
 
 /* --------------------------------------------------------- socket calls */
 
 static int would_block(int err) { return err == EAGAIN || err == EWOULDBLOCK; }
 
-/* One readv: OpenSSL's buffer first, then the free space of rx. */
+/* One readv: OpenSSL's buffer first, then the free space of rx (lazy: when
+ * it exists, which it does once a read filled OpenSSL's buffer). */
 static ssize_t read_direct(struct ringbio *s, char *buf, size_t len)
 {
     struct iovec iov[3] = {{.iov_base = buf, .iov_len = len}};
-    int segs = 1 + ring_write_iov(s->rx, iov + 1);
+    int segs = 1 + (RX(s) != NULL ? ring_write_iov(RX(s), iov + 1) : 0);
     size_t want = len;
     for (int i = 1; i < segs; i++)
         want += iov[i].iov_len;
@@ -73,8 +87,10 @@ static ssize_t read_direct(struct ringbio *s, char *buf, size_t len)
     if ((size_t)got < want)
         s->drained = 1; /* a stream socket that gave less than asked is empty */
     if (n > len) {
-        ring_commit(s->rx, n - len); /* cannot fail: readv filled free space */
+        ring_commit(RX(s), n - len); /* cannot fail: readv filled free space */
         n = len;
+    } else if (n == want && segs == 1) {
+        need(s, s->rxp); /* a full read: the next may take more at once */
     }
     counter_add(&s->rx_direct, n);
     return (ssize_t)n;
@@ -111,12 +127,12 @@ static int rb_write(BIO *b, const char *data, size_t len, size_t *written)
     size_t sent = 0;
     if ((s->flags & RINGBIO_WRITE_FD) && len > 0) {
         /* Queued bytes go first: order is the stream. */
-        if (!ring_empty(s->tx)) {
+        if (!none_in(TX(s))) {
             ssize_t put = ringbio_flush(b);
             if (put < 0 && put != -EAGAIN)
                 return 0; /* no retry flag: a socket error */
         }
-        if (ring_empty(s->tx)) {
+        if (none_in(TX(s))) {
             ssize_t put = send_direct(s, data, len);
             if (put < 0 && put != -EAGAIN)
                 return 0; /* no retry flag: a socket error */
@@ -126,7 +142,8 @@ static int rb_write(BIO *b, const char *data, size_t len, size_t *written)
     }
     /* What the kernel refused waits in tx; if tx is full too, the write is
      * partial (or a retry), which OpenSSL resumes later. */
-    *written = sent + ring_write(s->tx, data + sent, len - sent);
+    ring *tx = sent < len ? need(s, s->txp) : TX(s);
+    *written = sent + (tx != NULL ? ring_write(tx, data + sent, len - sent) : 0);
     if (*written == 0 && len > 0) {
         BIO_set_retry_write(b);
         return 0;
@@ -138,7 +155,7 @@ static int rb_read(BIO *b, char *buf, size_t len, size_t *readbytes)
 {
     struct ringbio *s = BIO_get_data(b);
     BIO_clear_retry_flags(b);
-    *readbytes = ring_read(s->rx, buf, len);
+    *readbytes = RX(s) != NULL ? ring_read(RX(s), buf, len) : 0;
     if (*readbytes == 0 && len > 0 && (s->flags & RINGBIO_READ_FD) && !s->drained &&
         !atomic_load_explicit(&s->eof, memory_order_acquire)) {
         ssize_t got = read_direct(s, buf, len);
@@ -160,14 +177,14 @@ static long rb_ctrl(BIO *b, int cmd, long num, void *ptr)
     struct ringbio *s = BIO_get_data(b);
     switch (cmd) {
     case BIO_CTRL_PENDING:
-        return (long)len_of(s->rx);
+        return (long)len_of(RX(s));
     case BIO_CTRL_WPENDING:
-        return (long)len_of(s->tx);
+        return (long)len_of(TX(s));
     case BIO_CTRL_FLUSH:
         /* Queued ciphertext is as good as sent: the owner of the socket
          * flushes tx when it turns writable.  Answering "not flushed" here
          * would only stall the handshake on a full socket buffer. */
-        if ((s->flags & RINGBIO_WRITE_FD) && !none_in(s->tx))
+        if ((s->flags & RINGBIO_WRITE_FD) && !none_in(TX(s)))
             ringbio_flush(b);
         return 1;
     case BIO_CTRL_EOF:
@@ -213,17 +230,21 @@ static void make_method(void)
     method = m; /* lives as long as the process, like OpenSSL's own methods */
 }
 
-BIO *ringbio_new(ring *rx, ring *tx, int fd, int flags)
+BIO *ringbio_new(ring **rx, ring **tx, size_t capacity, int ring_flags, int fd, int flags)
 {
     if (!CRYPTO_THREAD_run_once(&method_once, make_method) || method == NULL)
         return NULL;
     struct ringbio *s = calloc(1, sizeof *s);
     if (s == NULL)
         return NULL;
-    s->rx = rx;
-    s->tx = tx;
+    s->rxp = rx;
+    s->txp = tx;
+    s->cap = capacity;
+    s->ring_flags = ring_flags;
     s->fd = fd;
     s->flags = fd >= 0 ? flags : 0;
+    if ((s->flags & (RINGBIO_READ_FD | RINGBIO_WRITE_FD)) != (RINGBIO_READ_FD | RINGBIO_WRITE_FD))
+        s->flags &= ~RINGBIO_LAZY; /* the caller moves bytes through the rings */
     atomic_init(&s->eof, 0);
     atomic_init(&s->last_errno, 0);
     BIO *b = BIO_new(method);
@@ -236,19 +257,14 @@ BIO *ringbio_new(ring *rx, ring *tx, int fd, int flags)
     return b;
 }
 
-void ringbio_set_rings(BIO *b, ring *rx, ring *tx)
-{
-    struct ringbio *s = BIO_get_data(b);
-    s->rx = rx;
-    s->tx = tx;
-}
-
 /* ------------------------------------------------------------ loop side */
 
 ssize_t ringbio_fill(BIO *b)
 {
     struct ringbio *s = BIO_get_data(b);
-    ssize_t got = ring_read_fd(s->rx, s->fd);
+    if (RX(s) == NULL)
+        return -ENOBUFS; /* no room: no system call was made */
+    ssize_t got = ring_read_fd(RX(s), s->fd);
     if (got == -ENOBUFS)
         return got; /* ring full: no system call was made */
     counter_add(&s->rx_syscalls, 1);
@@ -266,9 +282,9 @@ ssize_t ringbio_fill(BIO *b)
 ssize_t ringbio_flush(BIO *b)
 {
     struct ringbio *s = BIO_get_data(b);
-    if (none_in(s->tx))
+    if (none_in(TX(s)))
         return 0;
-    ssize_t put = ring_write_fd(s->tx, s->fd);
+    ssize_t put = ring_write_fd(TX(s), s->fd);
     counter_add(&s->tx_syscalls, 1);
     if (put > 0)
         counter_add(&s->tx_bytes, (uint64_t)put);
@@ -288,7 +304,7 @@ void ringbio_set_eof(BIO *b)
 int ringbio_eof(BIO *b)
 {
     struct ringbio *s = BIO_get_data(b);
-    return atomic_load_explicit(&s->eof, memory_order_acquire) && none_in(s->rx);
+    return atomic_load_explicit(&s->eof, memory_order_acquire) && none_in(RX(s));
 }
 
 void ringbio_new_batch(BIO *b)
@@ -300,7 +316,7 @@ void ringbio_new_batch(BIO *b)
 int ringbio_idle(BIO *b)
 {
     struct ringbio *s = BIO_get_data(b);
-    if (!none_in(s->rx))
+    if (!none_in(RX(s)))
         return 0;
     return !(s->flags & RINGBIO_READ_FD) || s->drained;
 }

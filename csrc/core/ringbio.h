@@ -16,7 +16,13 @@
  * the rings (in offload mode the event loop thread does, while a worker runs
  * the SSL object: each ring then has one producer and one consumer thread).
  *
- * The rings are borrowed: they must outlive the BIO.
+ * The rings are the caller's: the BIO reads and writes them through the
+ * caller's pointers (so the caller may free them while the connection is
+ * parked and set them NULL), and with RINGBIO_LAZY (a socket for both ways)
+ * makes a missing one when it needs it, into the caller's pointer: the
+ * outgoing ring when the kernel refuses a record, the incoming ring once a
+ * read filled OpenSSL's buffer.  A connection that never meets either has
+ * no rings at all.
  */
 #ifndef WSSTLS_RINGBIO_H
 #define WSSTLS_RINGBIO_H
@@ -31,6 +37,7 @@
 enum ringbio_flags {
     RINGBIO_READ_FD = 1,
     RINGBIO_WRITE_FD = 2,
+    RINGBIO_LAZY = 4, /* with both: rings made when needed (see above) */
 };
 
 /* Kernel traffic and where ciphertext went, for the copy ledger. */
@@ -44,11 +51,10 @@ struct ringbio_counters {
     uint64_t eagain;       /* calls that would have blocked */
 };
 
-/* NULL on allocation failure (OpenSSL error queue set). */
-BIO *ringbio_new(ring *rx, ring *tx, int fd, int flags);
-/* Swap the rings (both NULL while the connection is parked: the BIO must
- * then not be used). */
-void ringbio_set_rings(BIO *b, ring *rx, ring *tx);
+/* rx, tx: where the caller keeps the rings (the rings may be NULL with
+ * RINGBIO_LAZY); capacity, ring_flags: of the rings made when needed.  NULL
+ * on allocation failure (OpenSSL error queue set). */
+BIO *ringbio_new(ring **rx, ring **tx, size_t capacity, int ring_flags, int fd, int flags);
 
 /* Loop-thread side of a sans-IO BIO with a socket: readv into rx (one call),
  * and send what tx holds.  Same returns as ring_read_fd/ring_write_fd; an

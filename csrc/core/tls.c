@@ -563,14 +563,21 @@ static int ring_flags(const tls_conn *c)
  * the rings holding only the overflow; via_ring, caller I/O and sans-IO
  * move every byte through the rings. */
 
+/* With a socket both ways (direct I/O) the rings are only overflow, made when
+ * first needed (RINGBIO_LAZY); otherwise every byte goes through them. */
+static int ring_lazy(const tls_conn *c)
+{
+    return c->fd >= 0 && !(c->flags & (TLS_RING_VIA_RING | TLS_CALLER_IO));
+}
+
 static int ring_attach(tls_conn *c, size_t ring_capacity)
 {
-    if ((c->rx = ring_create(ring_capacity, ring_flags(c))) == NULL ||
-        (c->tx = ring_create(ring_capacity, ring_flags(c))) == NULL)
+    if (!ring_lazy(c) && ((c->rx = ring_create(ring_capacity, ring_flags(c))) == NULL ||
+                          (c->tx = ring_create(ring_capacity, ring_flags(c))) == NULL))
         return 0;
-    int via_ring = c->flags & (TLS_RING_VIA_RING | TLS_CALLER_IO);
-    int bio_flags = via_ring ? 0 : RINGBIO_READ_FD | RINGBIO_WRITE_FD;
-    if ((c->ringbio = ringbio_new(c->rx, c->tx, c->fd, bio_flags)) == NULL)
+    int bio_flags = ring_lazy(c) ? RINGBIO_READ_FD | RINGBIO_WRITE_FD | RINGBIO_LAZY : 0;
+    c->ringbio = ringbio_new(&c->rx, &c->tx, ring_capacity, ring_flags(c), c->fd, bio_flags);
+    if (c->ringbio == NULL)
         return 0;
     SSL_set_bio(c->ssl, c->ringbio, c->ringbio); /* one reference, taken */
     c->pumped = c->fd >= 0 && (c->flags & TLS_RING_VIA_RING) && !(c->flags & TLS_CALLER_IO);
@@ -594,7 +601,7 @@ static long ring_pump_in(tls_conn *c)
 static long ring_pump_out(tls_conn *c)
 {
     long sent = 0;
-    while (!ring_empty(c->tx)) {
+    while (held(c->tx) > 0) {
         ssize_t put = ringbio_flush(c->ringbio);
         if (put == -EAGAIN)
             return sent ? sent : TLS_WANT_WRITE;
@@ -623,7 +630,10 @@ static long ring_fill(tls_conn *c)
     return TLS_ERROR;
 }
 
-static size_t ring_feed(tls_conn *c, const void *data, size_t n) { return ring_write(c->rx, data, n); }
+static size_t ring_feed(tls_conn *c, const void *data, size_t n)
+{
+    return c->rx != NULL ? ring_write(c->rx, data, n) : 0;
+}
 static void ring_feed_eof(tls_conn *c) { ringbio_set_eof(c->ringbio); }
 static size_t ring_take(tls_conn *c, void *buf, size_t n)
 {
@@ -657,19 +667,19 @@ static void ring_reset_kernel(tls_conn *c) { ringbio_reset_counters(c->ringbio);
 
 static void ring_park(tls_conn *c)
 {
-    ringbio_set_rings(c->ringbio, NULL, NULL);
-    drop_ring(c, &c->rx);
+    drop_ring(c, &c->rx); /* the BIO sees them go: it reads them through c */
     drop_ring(c, &c->tx);
 }
 
 static int ring_unpark(tls_conn *c)
 {
+    if (ring_lazy(c))
+        return 1; /* the BIO makes them again when it needs them */
     if ((c->rx = ring_create(c->ring_capacity, ring_flags(c))) == NULL ||
         (c->tx = ring_create(c->ring_capacity, ring_flags(c))) == NULL) {
         drop_ring(c, &c->rx);
         return 0;
     }
-    ringbio_set_rings(c->ringbio, c->rx, c->tx);
     return 1;
 }
 

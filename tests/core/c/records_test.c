@@ -71,7 +71,7 @@ static void end_init(struct end *e, SSL_CTX *ctx, int server)
     CHECK((e->ssl = SSL_new(ctx)) != NULL);
     CHECK((e->rx = ring_create(CAP, 0)) != NULL);
     CHECK((e->tx = ring_create(CAP, 0)) != NULL);
-    BIO *b = ringbio_new(e->rx, e->tx, -1, 0);
+    BIO *b = ringbio_new(&e->rx, &e->tx, CAP, 0, -1, 0);
     CHECK(b != NULL);
     SSL_set_bio(e->ssl, b, b);
     if (server)
