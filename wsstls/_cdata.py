@@ -22,10 +22,12 @@ class TLSStatus(enum.IntEnum):
     CLOSED = lib.TLS_CLOSED  # the peer sent close_notify
     EOF = lib.TLS_EOF  # the transport ended without close_notify
     ERROR = lib.TLS_ERROR
+    WANT_ASYNC = lib.TLS_WANT_ASYNC  # an ASYNC job paused the call: repeat it when
+    # the connection's async fd is readable
 
 
-#: Statuses that mean "retry when the socket is ready", not an end.
-TLS_WAITS = frozenset({TLSStatus.WANT_READ, TLSStatus.WANT_WRITE})
+#: Statuses that mean "retry when the socket (or, WANT_ASYNC, the async fd) is ready".
+TLS_WAITS = frozenset({TLSStatus.WANT_READ, TLSStatus.WANT_WRITE, TLSStatus.WANT_ASYNC})
 #: Statuses that end a connection's input.
 TLS_ENDS = frozenset({TLSStatus.CLOSED, TLSStatus.EOF, TLSStatus.ERROR})
 

@@ -462,6 +462,10 @@ class TLSConnection:
         self._c = ffi.gc(raw, lib.tls_conn_free)
         self.context = context
         self._sock = sock  # keeps a socket object (and so its fd) alive
+        self._async = context.crypto is Crypto.ASYNC
+        # ASYNC: the buffer a paused call reads into or writes from (OpenSSL
+        # resumes it with that memory), kept alive until the call is done.
+        self._hold: Any = None
         self.server_hostname = server_hostname
         self._handshaken = False
 
@@ -491,6 +495,20 @@ class TLSConnection:
         if self._c is None:
             raise ValueError("operation on a closed TLSConnection")
         return self._c
+
+    def _resuming(self, op: int, obj: object) -> None:
+        """ASYNC: a paused read (or ring write) must resume with the memory it started with."""
+        if lib.tls_async_paused(self._live()) == op and self._hold is not obj:
+            what = "read" if op == lib.TLS_OP_READ else "write"
+            raise ValueError(f"a paused {what} resumes with the buffer it started with")
+
+    def _held(self, op: int, obj: object) -> None:
+        """ASYNC, after a call of ``op``: keep ``obj`` alive while that call is paused."""
+        paused = lib.tls_async_paused(self._c)
+        if paused == op:
+            self._hold = obj
+        elif paused == lib.TLS_OP_NONE:
+            self._hold = None
 
     # --------------------------------------------------------- handshake
 
@@ -523,6 +541,8 @@ class TLSConnection:
         ``ring`` is full).  Raises TLSEOFError on a truncated stream and
         TLSError on any other failure.
         """
+        if self._async:
+            self._resuming(lib.TLS_OP_READ, ring)
         try:
             got = _read_ring(self._c, ring._r)
         except (TypeError, AttributeError):
@@ -532,12 +552,23 @@ class TLSConnection:
             if ring._r is None:
                 raise ValueError("read_into: the ring is closed") from None
             raise
+        if self._async:
+            self._held(lib.TLS_OP_READ, ring)
         return got if got >= 0 else self._read_status(got)
 
     def readinto(self, buffer: Buffer) -> int | None:
-        """Decrypt into a writable buffer: bytes, None (want read), 0 (close_notify)."""
+        """Decrypt into a writable buffer: bytes, None (want read), 0 (close_notify).
+
+        ASYNC contexts: a read that paused (``want_async``) resumes into the same
+        buffer; pass that one again (a different one raises ValueError).
+        """
         dst = _c_buffer(buffer, "buffer", writable=True)
-        got = lib.tls_read(self._live(), dst, len(dst))
+        c = self._live()
+        if self._async:
+            self._resuming(lib.TLS_OP_READ, buffer)
+        got = lib.tls_read(c, dst, len(dst))
+        if self._async:
+            self._held(lib.TLS_OP_READ, buffer)
         return got if got >= 0 else self._read_status(got)
 
     def read(self, n: int = 16384) -> bytes | None:
@@ -546,6 +577,10 @@ class TLSConnection:
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
         buf = bytearray(n)
+        if self._async and lib.tls_async_paused(self._live()) == lib.TLS_OP_READ:
+            buf = self._hold  # a read() that paused: its own buffer resumes
+            if type(buf) is not bytearray:
+                raise ValueError("a paused read resumes with the buffer it started with")
         got = self.readinto(buf)
         return None if got is None else bytes(memoryview(buf)[:got])
 
@@ -565,6 +600,8 @@ class TLSConnection:
         except TypeError:
             self._live()
             raise
+        if self._async:  # a paused write goes on from this memory: keep it
+            self._held(lib.TLS_OP_WRITE, data)
         return put if put >= 0 else self._write_status(put)
 
     def write_from(self, ring: RingBuffer, n: int = -1) -> int:
@@ -574,6 +611,8 @@ class TLSConnection:
         One C call and no copy in Python: the echo path of a server.  Fewer
         bytes - possibly 0 - under backpressure; raises TLSError on failure.
         """
+        if self._async:
+            self._resuming(lib.TLS_OP_WRITE, ring)
         try:
             put = _write_ring(self._c, ring._r, ring._cap if n < 0 else n)
         except (TypeError, AttributeError):
@@ -583,6 +622,8 @@ class TLSConnection:
             if ring._r is None:
                 raise ValueError("write_from: the ring is closed") from None
             raise TypeError(f"n must be an int, not {type(n).__name__}") from None
+        if self._async:
+            self._held(lib.TLS_OP_WRITE, ring)
         return put if put >= 0 else self._write_status(put)
 
     def fill(self) -> int | None:
@@ -626,6 +667,25 @@ class TLSConnection:
     def parked(self) -> bool:
         """True while the connection's buffers are given back (see ``park``)."""
         return bool(lib.tls_parked(self._live()))
+
+    @property
+    def want_async(self) -> bool:
+        """True while an ASYNC job holds a paused call of this connection: wait until
+        ``async_fd`` is readable, then repeat that call (see tls.h)."""
+        return self._async and lib.tls_async_paused(self._live()) != lib.TLS_OP_NONE
+
+    @property
+    def async_fd(self) -> int:
+        """The fd to wait on while ``want_async`` (-1 for a context not ASYNC)."""
+        return lib.tls_async_fd(self._live())
+
+    def async_stats(self) -> dict[str, int]:
+        """This connection's ASYNC counters: pauses, resumes, want_async, offloaded,
+        inline_ops (zeros for a context not ASYNC)."""
+        out = ffi.new("struct tls_async_stats *")
+        lib.tls_async_stats(self._live(), out)
+        return {k: getattr(out, k) for k in ("pauses", "resumes", "want_async", "offloaded",
+                                             "inline_ops")}  # fmt: skip
 
     def shutdown(self) -> bool:
         """Send close_notify; True when the peer's close_notify was received as well."""
@@ -719,8 +779,11 @@ class TLSConnection:
     # ---------------------------------------------------------- lifetime
 
     def close(self) -> None:
-        """Free the SSL object now (does not send close_notify or close the socket)."""
-        self._c = None
+        """Free the SSL object now (does not send close_notify or close the socket).
+
+        A call paused in an ASYNC job is finished first (with its buffer)."""
+        self._c = None  # (tls_conn_free finishes a paused call: _hold is still alive)
+        self._hold = None
         self._sock = None
 
     def __enter__(self) -> TLSConnection:

@@ -236,6 +236,11 @@ static void crypto_index_init(void)
     crypto_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, crypto_free);
 }
 
+static const struct crypto_cfg *crypto_of(SSL_CTX *ctx)
+{
+    return crypto_index < 0 ? NULL : SSL_CTX_get_ex_data(ctx, crypto_index);
+}
+
 SSL_CTX *tls_ctx_new_crypto(int server, int crypto, int threads, size_t async_threshold)
 {
     if (crypto == 0)
@@ -1044,6 +1049,10 @@ static int ssl_status(tls_conn *c, int ret)
         return TLS_WANT_READ;
     case SSL_ERROR_WANT_WRITE:
         return TLS_WANT_WRITE;
+    case SSL_ERROR_WANT_ASYNC:
+        if (c->async != NULL)
+            async_conn_want(c->async);
+        return TLS_WANT_ASYNC;
     case SSL_ERROR_ZERO_RETURN:
         return tls_conn_fail(c, TLS_CLOSED, "the peer closed the TLS session");
     case SSL_ERROR_SYSCALL: {
@@ -1111,6 +1120,138 @@ static const struct tls_record_ops openssl_records = {
     .shutdown = ossl_shutdown,
 };
 
+/* ------------------------------------ records: OpenSSL's, in ASYNC jobs */
+
+/* Run one SSL call with the connection's async state current (the ciphers
+ * find it there), and keep what paused. */
+static long in_job(tls_conn *c, int op, void *buf, size_t n, long (*call)(tls_conn *, void *, size_t))
+{
+    async_enter(c->async);
+    long r = call(c, buf, n);
+    async_leave();
+    if (r == TLS_WANT_ASYNC) {
+        c->paused = op;
+        c->paused_buf = buf;
+        c->paused_len = n;
+    } else {
+        c->paused = TLS_OP_NONE;
+    }
+    return r;
+}
+
+static long call_read(tls_conn *c, void *buf, size_t n) { return ossl_read(c, buf, n); }
+static long call_write(tls_conn *c, void *buf, size_t n) { return ossl_write(c, buf, n); }
+static long call_shutdown(tls_conn *c, void *buf, size_t n)
+{
+    (void)buf, (void)n;
+    return ossl_shutdown(c);
+}
+static long call_handshake(tls_conn *c, void *buf, size_t n)
+{
+    (void)buf, (void)n;
+    clear_errors();
+    int r = SSL_do_handshake(c->ssl);
+    return r == 1 ? 0 : ssl_status(c, r);
+}
+
+/* Another call is paused: OpenSSL would resume it in this call's place. */
+static int other_paused(const tls_conn *c, int op) { return c->paused && c->paused != op; }
+
+static long async_read(tls_conn *c, void *buf, size_t n)
+{
+    if (other_paused(c, TLS_OP_READ))
+        return TLS_WANT_READ; /* nothing to read until the paused call is done */
+    return in_job(c, TLS_OP_READ, buf, n, call_read);
+}
+
+static long async_write(tls_conn *c, const void *buf, size_t n)
+{
+    if (other_paused(c, TLS_OP_WRITE))
+        return TLS_WANT_ASYNC;
+    return in_job(c, TLS_OP_WRITE, (void *)buf, n, call_write);
+}
+
+static int async_shutdown(tls_conn *c)
+{
+    if (other_paused(c, TLS_OP_SHUTDOWN))
+        return TLS_WANT_ASYNC;
+    return (int)in_job(c, TLS_OP_SHUTDOWN, NULL, 0, call_shutdown);
+}
+
+static const struct tls_record_ops async_records = {
+    .name = "openssl-async",
+    .read = async_read,
+    .write = async_write,
+    .pending = ossl_pending,
+    .shutdown = async_shutdown,
+};
+
+/* The SSL handshake step, in a job for ASYNC contexts. */
+static int handshake_step(tls_conn *c)
+{
+    if (c->async == NULL)
+        return (int)call_handshake(c, NULL, 0);
+    if (other_paused(c, TLS_OP_HANDSHAKE))
+        return TLS_WANT_ASYNC;
+    return (int)in_job(c, TLS_OP_HANDSHAKE, NULL, 0, call_handshake);
+}
+
+/* Freeing a paused connection: let the pool finish with its buffers, then
+ * finish the paused call (its job would leak otherwise).  Bounded. */
+static void finish_paused(tls_conn *c)
+{
+    for (int i = 0; i < 64 && c->paused; i++) {
+        async_conn_wait_idle(c->async);
+        void *buf = c->paused_buf;
+        size_t n = c->paused_len;
+        switch (c->paused) {
+        case TLS_OP_READ:
+            in_job(c, TLS_OP_READ, buf, n, call_read);
+            break;
+        case TLS_OP_WRITE:
+            in_job(c, TLS_OP_WRITE, buf, n, call_write);
+            break;
+        case TLS_OP_SHUTDOWN:
+            in_job(c, TLS_OP_SHUTDOWN, NULL, 0, call_shutdown);
+            break;
+        default:
+            in_job(c, TLS_OP_HANDSHAKE, NULL, 0, call_handshake);
+            break;
+        }
+    }
+}
+
+int tls_async_paused(const tls_conn *c) { return c->paused; }
+
+int tls_async_fd(const tls_conn *c) { return c->async ? async_conn_fd(c->async) : -1; }
+
+int tls_async_changed_fds(tls_conn *c, int *add, size_t *nadd, int *del, size_t *ndel,
+                          size_t max)
+{
+    size_t na = 0, nd = 0;
+    if (!SSL_get_changed_async_fds(c->ssl, NULL, &na, NULL, &nd) || na > max || nd > max)
+        return -1;
+    *nadd = na;
+    *ndel = nd;
+    if (na + nd == 0)
+        return 0;
+    return SSL_get_changed_async_fds(c->ssl, add, nadd, del, ndel) ? 0 : -1;
+}
+
+void tls_async_stats(const tls_conn *c, struct tls_async_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    if (c->async == NULL)
+        return;
+    struct async_counters a;
+    async_conn_counters(c->async, &a);
+    out->pauses = a.pauses;
+    out->resumes = a.resumes;
+    out->want_async = a.want_async;
+    out->offloaded = a.offloaded;
+    out->inline_ops = a.inline_ops;
+}
+
 /* ---------------------------------------------------------- construction */
 
 static const struct tls_transport_ops *const transports[] = {
@@ -1143,6 +1284,12 @@ tls_conn *tls_conn_new(SSL_CTX *ctx, int transport, int fd, size_t ring_capacity
         goto fail;
     c->io = transports[transport];
     c->rec = &openssl_records;
+    const struct crypto_cfg *cfg = crypto_of(ctx);
+    if (cfg != NULL && (cfg->crypto & TLS_CRYPTO_ASYNC)) {
+        if ((c->async = async_conn_new(cfg->async_threshold)) == NULL)
+            goto fail;
+        c->rec = &async_records;
+    }
     c->fd = fd;
     c->flags = flags;
     c->ring_capacity = ring_capacity;
@@ -1166,7 +1313,10 @@ void tls_conn_free(tls_conn *c)
 {
     if (c == NULL)
         return;
+    if (c->paused)
+        finish_paused(c);
     SSL_free(c->ssl); /* frees the BIOs it was given */
+    async_conn_free(c->async); /* (its fd, once the SSL's wait context is gone) */
     if (c->io != NULL)
         c->io->detach(c);
     ring_destroy(c->rx);
@@ -1250,9 +1400,7 @@ int tls_handshake(tls_conn *c)
         return TLS_ERROR;
     c->io->new_batch(c);
     for (;;) {
-        clear_errors();
-        int r = SSL_do_handshake(c->ssl);
-        int status = r == 1 ? 0 : ssl_status(c, r);
+        int status = handshake_step(c);
         if (flush_out(c) == TLS_ERROR)
             return TLS_ERROR;
         if (pumped_more(c, status))

@@ -40,6 +40,8 @@ enum tls_status {
     TLS_CLOSED = -3, /* the peer sent close_notify */
     TLS_EOF = -4,    /* the transport ended without close_notify */
     TLS_ERROR = -5,  /* protocol, verification or socket error */
+    TLS_WANT_ASYNC = -6, /* an ASYNC job paused the call: repeat the same call
+                            when tls_async_fd() is readable */
 };
 
 enum tls_conn_flags {
@@ -167,6 +169,36 @@ size_t tls_pending_out(tls_conn *c);
  * records buffered inside OpenSSL, or ciphertext already taken from the
  * socket into the transport (the ring, the memory BIO, the pair). */
 int tls_has_pending(tls_conn *c);
+
+/* ASYNC contexts (TLS_CRYPTO_ASYNC).  The SSL call that returned
+ * TLS_WANT_ASYNC is paused inside its job: wait until tls_async_fd() is
+ * readable, then repeat exactly that call (same buffer; OpenSSL resumes it
+ * with its first arguments whatever the retry passes).  Meanwhile any other
+ * call that would run the SSL object returns TLS_WANT_ASYNC (reads:
+ * TLS_WANT_READ) untouched, so a read never resumes a paused write.  The
+ * connection may be freed while paused: tls_conn_free waits for the pool and
+ * finishes the paused call first. */
+enum tls_async_op {
+    TLS_OP_NONE = 0,
+    TLS_OP_HANDSHAKE = 1,
+    TLS_OP_READ = 2,
+    TLS_OP_WRITE = 3,
+    TLS_OP_SHUTDOWN = 4,
+};
+/* The paused call (enum tls_async_op), TLS_OP_NONE when none. */
+int tls_async_paused(const tls_conn *c);
+/* The connection's async fd (readable: the paused call can go on), -1 when
+ * the context is not ASYNC. */
+int tls_async_fd(const tls_conn *c);
+/* SSL_get_changed_async_fds: fds to add to / remove from a poller since the
+ * last call (up to `max` each).  0, or -1 on failure. */
+int tls_async_changed_fds(tls_conn *c, int *add, size_t *nadd, int *del, size_t *ndel,
+                          size_t max);
+struct tls_async_stats {
+    uint64_t pauses, resumes, want_async, offloaded, inline_ops;
+};
+/* This connection's ASYNC counters (zeros when not ASYNC). */
+void tls_async_stats(const tls_conn *c, struct tls_async_stats *out);
 
 /* After a status: the error message (TLS_ERROR), the socket's errno. */
 const char *tls_conn_error(const tls_conn *c);

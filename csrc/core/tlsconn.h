@@ -117,6 +117,13 @@ struct tls_conn {
      * the pumps'.  TLS_RING keeps its own in the ring BIO. */
     counter rx_syscalls, rx_bytes, tx_syscalls, tx_bytes, eagain;
     counter bio_copies, bio_bytes, plain_in, plain_out, reads, writes;
+    /* ASYNC contexts (asyncjob.h): the connection's pause state, and the
+     * SSL call paused in a job (enum tls_async_op; its arguments, which the
+     * resumed call uses whatever the retry passes). */
+    struct async_conn *async;
+    int paused;
+    void *paused_buf;
+    size_t paused_len;
 };
 
 /* Record a failure: the status, returned, and the first failure's reason
