@@ -262,9 +262,11 @@ class RingBuffer:
 
     def _take(self, n: object, consume: bool) -> bytes:
         """read/peek from views: one copy, by bytes.join, into the result."""
-        r = self._r
-        if r is None:
-            self._check()
+        # Both taken once (close() on another thread may clear them at any moment;
+        # what is taken here stays valid): ValueError if closed, never None below.
+        r, mem = self._r, self._mem
+        if r is None or mem is None:
+            raise ValueError("operation on a closed RingBuffer")
         if type(n) is not int:
             n = -1 if n is None else _index(n, "n")
         cap = self._cap
@@ -272,7 +274,6 @@ class RingBuffer:
         segs = _readable_spans(r, n if 0 <= n < cap else cap, spans)
         if segs == 0:
             return b""
-        mem = self._mem
         off, first = spans[0], spans[1]
         if segs == 1:
             data = mem[off : off + first].tobytes()  # type: ignore[index]
@@ -306,9 +307,8 @@ class RingBuffer:
 
     # -------------------------------------------------------- zero copy
 
-    def _views(self, segs: int, spans: Any) -> list[memoryview]:
-        mem = self._mem
-        assert mem is not None
+    @staticmethod
+    def _views(mem: memoryview, segs: int, spans: Any) -> list[memoryview]:
         views = [mem[spans[0] : spans[0] + spans[1]]] if segs else []
         if segs == 2:
             views.append(mem[: spans[3]])
@@ -321,14 +321,23 @@ class RingBuffer:
         as long as they exist, but their content is only meaningful until the
         bytes are consumed.
         """
-        r = self._check()
+        # Both taken once (close() on another thread may clear them at any moment;
+        # what is taken here stays valid): ValueError if closed, never None below.
+        r, mem = self._r, self._mem
+        if r is None or mem is None:
+            raise ValueError("operation on a closed RingBuffer")
         spans = self._rspans
-        return self._views(lib.ring_readable_spans(r, self._cap, spans), spans)
+        return self._views(mem, lib.ring_readable_spans(r, self._cap, spans), spans)
 
     def writable_views(self) -> list[memoryview]:
         """The free space as 0, 1 or 2 memoryviews, in order; fill them, then ``commit(n)``."""
+        # Both taken once (close() on another thread may clear them at any moment;
+        # what is taken here stays valid): ValueError if closed, never None below.
+        r, mem = self._r, self._mem
+        if r is None or mem is None:
+            raise ValueError("operation on a closed RingBuffer")
         spans = self._wspans
-        return self._views(lib.ring_writable_spans(self._check(), spans), spans)
+        return self._views(mem, lib.ring_writable_spans(r, spans), spans)
 
     def commit(self, n: int) -> None:
         """Publish ``n`` bytes written into ``writable_views()``."""

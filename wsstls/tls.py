@@ -54,7 +54,9 @@ class TLSError(Exception):
     """A TLS failure: protocol error, failed verification, or socket error.
 
     The message carries OpenSSL's reason strings (and the certificate
-    verification result when that failed)."""
+    verification result when that failed); a context that cannot use its
+    certificate, key or CA says why in a sentence, OpenSSL's reasons after it
+    in parentheses."""
 
 
 class TLSEOFError(TLSError):
@@ -108,6 +110,45 @@ def _last_error(default: str) -> str:
     buf = ffi.new("char[]", 512)
     n = lib.tls_last_error(buf, len(buf))
     return ffi.string(buf, n).decode("utf-8", "replace") if n else default
+
+
+def _explained(sentence: str) -> TLSError:
+    """``sentence`` for a person, OpenSSL's reasons (its error queue) after it."""
+    reasons = "; ".join(dict.fromkeys(_last_error("").split("; ")))  # once each
+    return TLSError(f"{sentence} (OpenSSL: {reasons})" if reasons else sentence)
+
+
+_PEM_MAX = 16 << 20  # no certificate chain or key is larger
+
+
+def _read_pem(path: str | os.PathLike[str], name: str) -> bytes:
+    """A PEM file's bytes; OSError (FileNotFoundError, ...) as open() raises it."""
+    _path(path, name)  # TypeError for what is not a path
+    with open(path, "rb") as f:
+        data = f.read(_PEM_MAX + 1)
+    if len(data) > _PEM_MAX:
+        raise TLSError(f"{name} {os.fsdecode(path)!r} is over 16 MiB: not a PEM file")
+    return data
+
+
+def _use_pem(ctx: Any, chain: bytes, key: bytes, chain_is: str, key_is: str) -> None:
+    """Load a certificate chain and its key into ``ctx``; TLSError says what is wrong."""
+    result = lib.tls_ctx_use_pem(ctx, chain, len(chain), key, len(key))
+    if result == lib.TLS_PEM_OK:
+        return
+    if result == lib.TLS_PEM_BAD_CHAIN:
+        raise _explained(f"no certificate could be read from {chain_is}: it must hold PEM "
+                         "certificates, the server's first")  # fmt: skip
+    if result == lib.TLS_PEM_BAD_KEY and b"ENCRYPTED" in key:
+        raise _explained(f"the private key in {key_is} is encrypted with a passphrase, which "
+                         "wsstls does not ask for: give it unencrypted")  # fmt: skip
+    if result == lib.TLS_PEM_BAD_KEY:
+        raise _explained(f"no private key could be read from {key_is}: it must hold a PEM "
+                         "private key")  # fmt: skip
+    if result == lib.TLS_PEM_KEY_MISMATCH:
+        raise _explained(f"the private key in {key_is} is not the key of the certificate "
+                         f"in {chain_is}")  # fmt: skip
+    raise _explained("cannot use the certificate and key")
 
 
 def _pem(value: bytes | str, name: str) -> bytes:
@@ -212,7 +253,10 @@ class TLSContext:
     ``verify`` defaults to True for a client (the server's certificate and
     name are checked against ``cafile``/``cadata``, or the system's CA
     paths) and to False for a server (no client certificate asked for).
-    Raises TLSError with OpenSSL's reason for a bad certificate or key.
+    A server context needs a certificate and its key (else ValueError).
+    Raises TLSError saying what is wrong with a certificate, key or CA (not
+    PEM, an encrypted key, a key that is not the certificate's), and OSError
+    (FileNotFoundError, PermissionError, ...) for a file it cannot read.
 
     Record knobs: ``pipelines`` (OpenSSL's max_pipelines, 0-32: above 1 a
     TLS 1.2 AES-GCM connection seals up to that many records of one write in
@@ -285,16 +329,13 @@ class TLSContext:
         if certfile is not None and cert_pem is not None:
             raise ValueError("give the certificate as files or as PEM, not both")
         if certfile is not None and keyfile is not None:
-            if not lib.tls_ctx_use_files(
-                raw, _path(certfile, "certfile"), _path(keyfile, "keyfile")
-            ):
-                raise TLSError(_last_error("cannot load the certificate and key files"))
-            with open(certfile, "rb") as f:
-                self.certificate_pem = f.read()
+            chain, key = _read_pem(certfile, "certfile"), _read_pem(keyfile, "keyfile")
+            chain_is = f"the certificate file {os.fsdecode(certfile)!r}"
+            _use_pem(raw, chain, key, chain_is, f"the key file {os.fsdecode(keyfile)!r}")
+            self.certificate_pem = chain
         elif cert_pem is not None and key_pem is not None:
             chain, key = _pem(cert_pem, "cert_pem"), _pem(key_pem, "key_pem")
-            if not lib.tls_ctx_use_pem(raw, chain, len(chain), key, len(key)):
-                raise TLSError(_last_error("cannot use the certificate and key"))
+            _use_pem(raw, chain, key, "cert_pem", "key_pem")
             self.certificate_pem = chain
         if verify is None:
             verify = not server
@@ -302,8 +343,14 @@ class TLSContext:
             raise TypeError(f"verify must be a bool or None, not {type(verify).__name__}")
         ca = None if cadata is None else _pem(cadata, "cadata")
         ca_file = ffi.NULL if cafile is None else _path(cafile, "cafile")
+        if cafile is not None and verify:
+            with open(cafile, "rb"):  # OSError as open() raises it, not OpenSSL's fopen jargon
+                pass
         if not lib.tls_ctx_set_verify(raw, bool(verify), ca_file, ca or ffi.NULL, len(ca or b"")):
-            raise TLSError(_last_error("cannot load the trusted certificates"))
+            where = "cadata" if cafile is None else f"the CA file {os.fsdecode(cafile)!r}"
+            if cafile is None and cadata is None:
+                where = "the system's CA paths"
+            raise _explained(f"cannot load the trusted certificates from {where}")
         self.verify = bool(verify)
         min_version = _version(min_version, "min_version")
         max_version = _version(max_version, "max_version")
@@ -312,22 +359,27 @@ class TLSContext:
                 f"min_version {min_version.name} is above max_version {max_version.name}"
             )
         if not lib.tls_ctx_set_versions(raw, min_version, max_version):
-            raise TLSError(_last_error(f"cannot set versions {min_version}-{max_version}"))
+            raise _explained(f"cannot set versions {min_version.name}-{max_version.name}")
         if alpn:
             wire = _alpn_wire(alpn)
             if not lib.tls_ctx_set_alpn(raw, wire, len(wire)):
-                raise TLSError(_last_error("cannot set ALPN"))
+                raise _explained("cannot set ALPN")
         if ciphers is not None or ciphersuites is not None:
             c12 = ffi.NULL if ciphers is None else _str(ciphers, "ciphers").encode()
             c13 = ffi.NULL if ciphersuites is None else _str(ciphersuites, "ciphersuites").encode()
             if not lib.tls_ctx_set_ciphers(raw, c12, c13):
-                raise TLSError(_last_error("no usable cipher in the lists given"))
+                raise _explained("no usable cipher in the lists given")
         if num_tickets is not None:
             if _index(num_tickets, "num_tickets") < 0:
                 raise ValueError(f"num_tickets must be at least 0, got {num_tickets}")
             lib.tls_ctx_set_num_tickets(raw, num_tickets)
         if any(records) and not lib.tls_ctx_set_records(raw, *records):
             raise TLSError(_last_error(f"cannot set the record sizes {records}"))
+        if server and self.certificate_pem is None:  # checked last: argument errors come first
+            raise ValueError(
+                "a server context needs a certificate and its key: certfile= and keyfile=, "
+                "or cert_pem= and key_pem= (or TLSContext.server_self_signed())"
+            )
 
     @classmethod
     def server_self_signed(cls, name: str = "localhost", **kwargs: Any) -> TLSContext:
@@ -394,8 +446,8 @@ _LEDGER_FIELDS = [f.name for f in fields(TLSLedger)]
 class TLSConnection:
     """One TLS session, sans-IO or driving a non-blocking socket.
 
-    With ``sock`` (a socket or fd; the caller keeps owning it) the compound
-    calls do the socket I/O.  Without it, move ciphertext with ``feed``,
+    With ``sock`` (a non-blocking socket or fd; the caller keeps owning it)
+    the compound calls do the socket I/O.  Without it, move ciphertext with ``feed``,
     ``feed_eof`` and ``take`` (``ring``, ``mem`` and ``pair`` only).
 
     ``read_ahead`` (default: on for ``ring``, off otherwise, as in CPython)
@@ -431,6 +483,15 @@ class TLSConnection:
             raise TypeError(
                 f"sock must be a socket, an fd or None, not {type(sock).__name__}"
             ) from None
+        if sock is not None and fd < 0:
+            raise ValueError(f"sock: {fd} is not a file descriptor")
+        if fd >= 0:
+            try:
+                blocking = os.get_blocking(fd)
+            except OSError as exc:
+                raise ValueError(f"sock: fd {fd} is not open ({exc.strerror})") from None
+            if blocking:  # a blocking socket would block inside OpenSSL, with no way out
+                raise ValueError("sock must be non-blocking: call sock.setblocking(False) first")
         if self.transport is Transport.FD and fd < 0:
             raise ValueError("the fd transport needs a socket")
         ring_capacity = _index(ring_capacity, "ring_capacity")

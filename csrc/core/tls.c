@@ -77,23 +77,33 @@ SSL_CTX *tls_ctx_new(int server)
 
 void tls_ctx_free(SSL_CTX *ctx) { SSL_CTX_free(ctx); }
 
+/* Never ask on the terminal for a passphrase (OpenSSL's default callback
+ * does): an encrypted key fails to load instead. */
+static int no_passphrase(char *buf, int size, int rwflag, void *u)
+{
+    (void)buf, (void)size, (void)rwflag, (void)u;
+    return -1;
+}
+
 int tls_ctx_use_pem(SSL_CTX *ctx, const char *chain, size_t chain_len, const char *key,
                     size_t key_len)
 {
     if (chain_len > INT32_MAX || key_len > INT32_MAX)
-        return 0;
-    int ok = 0;
+        return TLS_PEM_FAILED;
+    int ok = TLS_PEM_FAILED;
     X509 *leaf = NULL, *extra = NULL;
     EVP_PKEY *pkey = NULL;
     BIO *cb = BIO_new_mem_buf(chain, (int)chain_len);
     BIO *kb = BIO_new_mem_buf(key, (int)key_len);
     if (cb == NULL || kb == NULL)
         goto out;
-    if ((leaf = PEM_read_bio_X509_AUX(cb, NULL, NULL, NULL)) == NULL)
+    ok = TLS_PEM_BAD_CHAIN;
+    if ((leaf = PEM_read_bio_X509_AUX(cb, NULL, no_passphrase, NULL)) == NULL)
         goto out;
+    ok = TLS_PEM_FAILED;
     if (SSL_CTX_use_certificate(ctx, leaf) != 1 || !SSL_CTX_clear_chain_certs(ctx))
         goto out;
-    while ((extra = PEM_read_bio_X509(cb, NULL, NULL, NULL)) != NULL) {
+    while ((extra = PEM_read_bio_X509(cb, NULL, no_passphrase, NULL)) != NULL) {
         if (!SSL_CTX_add0_chain_cert(ctx, extra)) /* takes ownership on success */
             goto out;
         extra = NULL;
@@ -102,11 +112,16 @@ int tls_ctx_use_pem(SSL_CTX *ctx, const char *chain, size_t chain_len, const cha
     unsigned long err = ERR_peek_last_error();
     if (ERR_GET_LIB(err) == ERR_LIB_PEM && ERR_GET_REASON(err) == PEM_R_NO_START_LINE)
         ERR_clear_error();
-    else if (err != 0)
+    else if (err != 0) {
+        ok = TLS_PEM_BAD_CHAIN;
         goto out;
-    if ((pkey = PEM_read_bio_PrivateKey(kb, NULL, NULL, NULL)) == NULL)
+    }
+    ok = TLS_PEM_BAD_KEY;
+    if ((pkey = PEM_read_bio_PrivateKey(kb, NULL, no_passphrase, NULL)) == NULL)
         goto out;
-    ok = SSL_CTX_use_PrivateKey(ctx, pkey) == 1 && SSL_CTX_check_private_key(ctx) == 1;
+    ok = TLS_PEM_KEY_MISMATCH;
+    if (SSL_CTX_use_PrivateKey(ctx, pkey) == 1 && SSL_CTX_check_private_key(ctx) == 1)
+        ok = TLS_PEM_OK;
 out:
     X509_free(extra);
     X509_free(leaf);
@@ -114,13 +129,6 @@ out:
     BIO_free(cb);
     BIO_free(kb);
     return ok;
-}
-
-int tls_ctx_use_files(SSL_CTX *ctx, const char *chain_file, const char *key_file)
-{
-    return SSL_CTX_use_certificate_chain_file(ctx, chain_file) == 1 &&
-           SSL_CTX_use_PrivateKey_file(ctx, key_file, SSL_FILETYPE_PEM) == 1 &&
-           SSL_CTX_check_private_key(ctx) == 1;
 }
 
 static int add_ca_pem(SSL_CTX *ctx, const char *pem, size_t len)
@@ -442,6 +450,8 @@ static size_t error_queue(char *buf, size_t len, size_t used)
             continue; /* drain the rest */
         const char *reason = ERR_reason_error_string(e);
         char code[32];
+        if (ERR_SYSTEM_ERROR(e))
+            reason = strerror(ERR_GET_REASON(e)); /* errno: "error 2" says nothing */
         if (reason == NULL) {
             snprintf(code, sizeof code, "error %d", ERR_GET_REASON(e));
             reason = code;

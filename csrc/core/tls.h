@@ -61,10 +61,18 @@ enum tls_conn_flags {
  * partial writes and moving write buffers allowed. NULL on failure. */
 SSL_CTX *tls_ctx_new(int server);
 void tls_ctx_free(SSL_CTX *ctx);
-/* Certificate chain (leaf first) and private key, PEM in memory or files. */
+/* Certificate chain (leaf first) and private key, PEM in memory (an
+ * encrypted key fails: no passphrase is asked for).  Returns TLS_PEM_OK, or
+ * which part failed (the error queue has OpenSSL's reasons). */
+enum tls_pem_result {
+    TLS_PEM_OK = 1,
+    TLS_PEM_FAILED = 0,        /* anything else (memory, the context) */
+    TLS_PEM_BAD_CHAIN = -1,    /* no certificate could be read from chain */
+    TLS_PEM_BAD_KEY = -2,      /* no private key could be read from key */
+    TLS_PEM_KEY_MISMATCH = -3, /* the key is not the leaf certificate's */
+};
 int tls_ctx_use_pem(SSL_CTX *ctx, const char *chain, size_t chain_len, const char *key,
                     size_t key_len);
-int tls_ctx_use_files(SSL_CTX *ctx, const char *chain_file, const char *key_file);
 /* verify: 0 none, 1 verify the peer (client: the server; server: require a
  * client certificate).  Trust: cafile and/or ca_pem, or the system's default
  * paths when both are NULL. */

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import tracemalloc
 import weakref
 from array import array
@@ -237,6 +238,87 @@ def test_every_operation_after_close_is_value_error(op: str, mirrored: bool) -> 
     ring.close()
     with pytest.raises(ValueError, match="closed"):
         CLOSED_CALLS[op](ring)
+
+
+class _CloseInside:
+    """Stands in for the C library: closes ``ring`` in the middle of a call, as a
+    ``close()`` on another thread can, then lets the call go on."""
+
+    def __init__(self, real: Any, ring: RingBuffer) -> None:
+        self._real, self._ring = real, ring
+
+    def __getattr__(self, name: str) -> Any:
+        fn = getattr(self._real, name)
+        if not name.endswith("_spans"):
+            return fn
+
+        def closing_first(*args: Any) -> Any:
+            self._ring.close()
+            return fn(*args)
+
+        return closing_first
+
+
+RACING_CALLS: dict[str, Callable[[RingBuffer], Any]] = {
+    "readable_views": lambda r: r.readable_views(),
+    "writable_views": lambda r: r.writable_views(),
+    "read-large": lambda r: r.read(),  # past STAGE_SIZE: the views path
+    "peek-large": lambda r: r.peek(),
+}
+
+
+@KINDS
+@pytest.mark.parametrize("op", list(RACING_CALLS))
+def test_close_racing_a_call_is_value_error_or_done(
+    op: str, mirrored: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() on another thread during a call: the call finishes with what it took
+    (its memory stays valid) or raises the documented ValueError, never an
+    AssertionError or TypeError."""
+    ring = RingBuffer(2 * PAGE, mirrored=mirrored)
+    ring.write(bytes(range(256)) * 16)  # 4 KiB: more than STAGE_SIZE
+    monkeypatch.setattr(wsstls.ring, "lib", _CloseInside(wsstls.ring.lib, ring))
+    monkeypatch.setattr(
+        wsstls.ring, "_readable_spans", _CloseInside(wsstls.ring.lib, ring).ring_readable_spans
+    )
+    try:
+        result = RACING_CALLS[op](ring)
+    except ValueError as exc:
+        assert "closed" in str(exc)
+    else:  # what it returned is the ring's content, still readable
+        if isinstance(result, list):
+            assert sum(len(v) for v in result) in (4096, 2 * PAGE - 4096)
+        else:
+            assert result == bytes(range(256)) * 16
+    assert ring.closed
+
+
+def test_close_racing_views_on_threads() -> None:
+    """The same race for real, bounded: only ValueError ever comes out."""
+    errors: list[BaseException] = []
+    for _ in range(200):
+        ring = RingBuffer(PAGE)
+        ring.write(b"x" * 100)
+        go = threading.Event()
+
+        def reader(ring: RingBuffer = ring, go: threading.Event = go) -> None:
+            go.wait(5)
+            for _ in range(50):
+                try:
+                    ring.readable_views()
+                except ValueError:
+                    return
+                except BaseException as exc:
+                    errors.append(exc)
+                    return
+
+        t = threading.Thread(target=reader)
+        t.start()
+        go.set()
+        ring.close()
+        t.join(10)
+        assert not t.is_alive()
+    assert not errors, errors[:3]
 
 
 def test_close_is_idempotent_and_context_manager_closes() -> None:

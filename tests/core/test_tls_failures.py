@@ -31,6 +31,7 @@ from tlsutil import (
     drive,
     handshake_sansio,
     other_pki,
+    pki,
     sansio_session,
     server_context,
     socket_session,
@@ -606,6 +607,13 @@ BAD_ARGUMENTS: dict[str, tuple[Callable[[], Any], type[Exception], str]] = {
     ),
     "num_tickets-str": (lambda: TLSContext(True, num_tickets="2"), TypeError, "num_tickets"),
     "num_tickets-negative": (lambda: TLSContext(True, num_tickets=-1), ValueError, "num_tickets"),
+    # (it would fail only at the first handshake, "no shared cipher")
+    "server-without-certificate": (lambda: TLSContext(True), ValueError, "needs a certificate"),
+    "server-without-certificate-verifying": (
+        lambda: TLSContext(True, verify=True, cadata=pki().ca_pem),
+        ValueError,
+        "needs a certificate",
+    ),
     "self_signed-name": (lambda: self_signed(5), TypeError, "name"),  # type: ignore[arg-type]
     "self_signed-bits": (lambda: self_signed(HOST, bits=512), ValueError, "bits"),
     "self_signed-days": (lambda: self_signed(HOST, days=0), ValueError, "days"),
@@ -613,6 +621,8 @@ BAD_ARGUMENTS: dict[str, tuple[Callable[[], Any], type[Exception], str]] = {
     "context-str": (lambda: TLSConnection("ctx"), TypeError, "context"),  # type: ignore[arg-type]
     "sock-str": (_conn(sock="sock"), TypeError, "sock"),
     "sock-float": (_conn(sock=1.5), TypeError, "sock"),
+    "sock-negative-fd": (_conn(sock=-2), ValueError, "sock"),
+    "sock-fd-not-open": (_conn(sock=2**31 - 1), ValueError, "sock"),
     "transport-name": (_conn(transport="tcp"), ValueError, "transport"),
     "transport-number": (_conn(transport=3), ValueError, "transport"),
     "ring_capacity-zero": (_conn(ring_capacity=0), ValueError, "ring_capacity"),
@@ -665,6 +675,75 @@ def test_bad_pem_is_a_tls_error_with_openssl_reason() -> None:
     p = other_pki()  # a key that does not match the certificate
     with pytest.raises(TLSError, match="key values mismatch"):
         TLSContext(True, cert_pem=PKI.chain(p.server), key_pem=p.client.private_key_pem.bytes())
+
+
+@pytest.mark.parametrize("transport", [t.value for t in Transport])
+def test_blocking_socket_is_value_error(transport: str) -> None:
+    """A blocking socket would make write() before the handshake block in OpenSSL for
+    ever (it waits for the peer's hello); it is refused up front."""
+    a, b = socket.socketpair()
+    try:
+        assert a.getblocking()
+        with pytest.raises(ValueError, match="non-blocking"):
+            client_context().connection(a, transport=transport, server_hostname=HOST)
+        a.settimeout(5.0)  # a timeout makes the fd non-blocking: accepted
+        conn = client_context().connection(a, transport=transport, server_hostname=HOST)
+        assert conn.write(b"early") == 0  # waits for the handshake, does not block
+    finally:
+        close_all(a, b)
+
+
+def _files(tmp_path: Any, chain: bytes, key: bytes) -> tuple[str, str]:
+    cert_file, key_file = tmp_path / "chain.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(chain)
+    key_file.write_bytes(key)
+    return str(cert_file), str(key_file)
+
+
+def _encrypted(key_pem: bytes) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret"),
+    )
+
+
+def test_certificate_errors_are_sentences_with_openssl_reason(tmp_path: Any) -> None:
+    """What a user reads says what is wrong; OpenSSL's reason follows in parentheses."""
+    p, other = pki(), other_pki()
+    chain, key = p.chain(p.server), p.server.private_key_pem.bytes()
+    with pytest.raises(FileNotFoundError) as missing:
+        TLSContext(True, certfile=tmp_path / "none.pem", keyfile=tmp_path / "none.key")
+    assert "none.pem" in str(missing.value) and "fopen" not in str(missing.value)
+
+    cert_file, key_file = _files(tmp_path, chain, other.server.private_key_pem.bytes())
+    with pytest.raises(TLSError) as mismatch:
+        TLSContext(True, certfile=cert_file, keyfile=key_file)
+    text = str(mismatch.value)
+    sentence = (
+        f"the private key in the key file {key_file!r} is not the key of "
+        f"the certificate in the certificate file {cert_file!r}"
+    )
+    assert text.startswith(sentence), text
+    assert text.endswith("(OpenSSL: key values mismatch)"), text
+
+    cert_file, key_file = _files(tmp_path, chain, _encrypted(key))
+    with pytest.raises(TLSError) as encrypted:
+        TLSContext(True, certfile=cert_file, keyfile=key_file)
+    text = str(encrypted.value)
+    assert "is encrypted with a passphrase" in text, text
+    assert text.index("(OpenSSL: ") > text.index("passphrase"), text
+
+    cert_file, key_file = _files(tmp_path, key, key)
+    with pytest.raises(TLSError, match="no certificate could be read from the certificate file"):
+        TLSContext(True, certfile=cert_file, keyfile=key_file)
+    with pytest.raises(TLSError, match="no private key could be read from key_pem"):
+        TLSContext(True, cert_pem=chain, key_pem=chain)
+    with pytest.raises(FileNotFoundError):
+        TLSContext(False, cafile=tmp_path / "no-ca.pem")
 
 
 def test_take_more_than_pending_is_just_what_is_there() -> None:

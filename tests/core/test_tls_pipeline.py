@@ -250,6 +250,6 @@ def test_bad_knobs(kwargs: dict[str, object], error: type[Exception], match: str
 
 
 def test_knobs_are_kept() -> None:
-    ctx = TLSContext(True, pipelines=4, crypto="async", offload_threshold=1000)
+    ctx = server_context(pipelines=4, crypto="async", offload_threshold=1000)  # (certified)
     assert (ctx.pipelines, ctx.crypto.value, ctx.offload_threshold) == (4, "async", 1000)
     assert pki()  # (the shared PKI is usable alongside)
