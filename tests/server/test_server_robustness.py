@@ -639,3 +639,23 @@ def test_a_signal_closes_every_connection_with_1001(
     finally:
         for c in [*clients, pending]:
             c.close()
+
+
+def test_a_connection_that_cannot_be_set_up_is_said_on_stderr(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A connection the server cannot set up (no memory for its ring, say) is dropped and
+    stderr says so, once a minute, where it used to drop every connection in silence."""
+    import wsstls.server.loop as loop
+
+    def no_memory(*_: object) -> None:
+        raise MemoryError("no ring for this one")
+
+    monkeypatch.setattr(loop, "_Conn", no_memory)
+    with serverutil.in_process_server(DESIGNS["plain"]) as server:
+        for _ in range(3):
+            with socket.create_connection((server.host, server.port), timeout=WAIT_S) as s:
+                with contextlib.suppress(ConnectionResetError):
+                    assert s.recv(1) == b""  # dropped
+    err = capfd.readouterr().err
+    assert err.count("cannot set up a connection, dropped it: MemoryError(") == 1, err

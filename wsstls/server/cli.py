@@ -6,7 +6,8 @@ import sys
 
 from ..tls import TLSError, Transport
 from .config import Mode, ServerConfig
-from .workers import OnServer, serve
+from .loop import server_context
+from .workers import EXIT_FAILED, EXIT_USAGE, OnServer, serve
 
 __all__ = ["main", "parse"]
 
@@ -52,14 +53,23 @@ def parse(argv: list[str] | None = None) -> tuple[ServerConfig, str | None]:
 
 
 def main(argv: list[str] | None = None, on_server: OnServer | None = None) -> int:
-    """``python -m wsstls serve``."""
+    """``python -m wsstls serve``: the exit status (``wsstls.server.workers.EXIT_*``)."""
     cfg, stats = parse(argv)
+    context = None
+    if cfg.tls:
+        try:
+            context = server_context(cfg)
+        except (OSError, TLSError) as exc:  # a file named on the command line: exit 2
+            what = str(exc) if isinstance(exc, TLSError) else f"{exc.filename}: {exc.strerror}"
+            print(f"wsstls serve: error: --cert/--key: {what}", file=sys.stderr)
+            return EXIT_USAGE
 
     def ready(url: str) -> None:
         print(f"listening on {url}", flush=True)
 
     try:
-        return serve(cfg, ready, stats, on_server)
+        return serve(cfg, ready, stats, on_server, context)
     except (OSError, TLSError) as exc:
-        print(f"wsstls serve: {exc}", file=sys.stderr)
-        return 1
+        print(f"wsstls serve: {exc.strerror or exc}" if isinstance(exc, OSError) else
+              f"wsstls serve: {exc}", file=sys.stderr)  # fmt: skip
+        return EXIT_FAILED

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..tls import Transport
 
-__all__ = ["Mode", "ServerConfig", "ServerStats"]
+__all__ = ["Mode", "ServerConfig", "ServerStats", "url"]
 
 
 class Mode(str, enum.Enum):
@@ -58,6 +58,13 @@ class ServerConfig:
             raise ValueError("max_message, offload_threshold >= 0 and handshake_timeout > 0")
         if (self.certfile is None) != (self.keyfile is None):
             raise ValueError("give both --cert and --key, or neither")
+
+
+def url(tls: bool, host: str, port: int) -> str:
+    """``wss://HOST:PORT/``, an IPv6 address in brackets (RFC 3986)."""
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{'wss' if tls else 'ws'}://{host}:{port}/"
 
 
 @dataclass

@@ -44,7 +44,7 @@ from .._native import ffi, lib
 from ..ring import RingBuffer
 from ..tls import TLSConnection, TLSContext, TLSError
 from ..ws import Message, ServerConnection, State
-from .config import Mode, ServerConfig, ServerStats
+from .config import Mode, ServerConfig, ServerStats, url
 
 __all__ = ["Server", "listen", "server_context"]
 
@@ -160,7 +160,7 @@ class Server:
     @property
     def url(self) -> str:
         host, port = self.listener.getsockname()[:2]
-        return f"{'wss' if self.cfg.tls else 'ws'}://{host}:{port}/"
+        return url(self.cfg.tls, host, port)
 
     def stop(self) -> None:
         """Ask the loop to finish (safe from a signal handler or another thread)."""
@@ -259,8 +259,9 @@ class Server:
                         sock, transport=self.cfg.transport, caller_io=self.caller_io
                     )
                 conn = _Conn(sock, tls, self.cfg)
-            except (OSError, MemoryError, TLSError):
+            except (OSError, MemoryError, TLSError) as exc:
                 sock.close()
+                self._setup_failed(exc)
                 continue
             if self.caller_io:
                 conn.job = ffi.new("struct offload_job *")
@@ -269,6 +270,16 @@ class Server:
             self.conns[conn.fd] = conn
             self.stats.connections += 1
             self._watch(conn, _IN)
+
+    _setup_logged = -60.0  # when a failed connection set-up was last logged
+
+    def _setup_failed(self, exc: BaseException) -> None:
+        """A connection dropped for want of resources: said on stderr, once a minute."""
+        now = time.monotonic()
+        if now - self._setup_logged >= 60.0:
+            self._setup_logged = now
+            print(f"wsstls serve: cannot set up a connection, dropped it: {exc!r} "
+                  "(said once a minute)", file=sys.stderr, flush=True)  # fmt: skip
 
     # ------------------------------------------------------------- events
 
