@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
+
+from .cliargs import Parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="wsstls", description=__doc__)
+    parser = Parser(prog="wsstls", description=__doc__)
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("bench", help="the benchmark ('wsstls bench --help')", add_help=False)
     sub.add_parser("serve", help="the WSS echo server ('wsstls serve --help')", add_help=False)

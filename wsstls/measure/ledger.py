@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from ..cliargs import Parser, choice_list, integer, size_list
 from ..tls import self_signed
 from .memcount import CLASSES, Counter, Counts, preload_env
 from .paths import PATHS, VARIANTS, make_path
@@ -33,6 +34,7 @@ from .paths import PATHS, VARIANTS, make_path
 __all__ = ["PATHS", "Measurement", "main", "measure"]
 
 _CHILD_FLAG = "--in-child"
+MAX_SIZE = 16 << 20  # the largest message size measured (bytes)
 
 
 # ------------------------------------------------------------------ measuring
@@ -171,13 +173,7 @@ def _table(results: list[Measurement], measured: bool) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    sizes = tuple(int(s) for s in args.sizes.split(","))
-    paths = tuple(args.paths.split(","))
-    for p in paths:
-        if p not in PATHS and p not in VARIANTS:
-            known = ", ".join((*PATHS, *VARIANTS))
-            raise SystemExit(f"copies: unknown path {p!r} (choose from {known})")
-    results = measure(paths, sizes, args.messages)
+    results = measure(tuple(args.paths), tuple(args.sizes), args.messages)
     measured = Counter.available()
     if args.json:
         doc = {"measured_openssl": measured, "results": [m.as_dict() for m in results]}
@@ -194,17 +190,16 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="wsstls copies", description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", default="64,1024,16384", help="message sizes, comma separated")
-    p.add_argument(
-        "--paths", default=",".join(PATHS), help=f"any of {', '.join((*PATHS, *VARIANTS))}"
-    )
-    p.add_argument("--messages", type=int, default=200, help="messages per cell")
+    p = Parser(prog="wsstls copies", description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", type=size_list(1, MAX_SIZE), default=[64, 1024, 16384],
+                   help="message sizes in bytes, comma separated (64,1K,16K)")  # fmt: skip
+    p.add_argument("--paths", type=choice_list((*PATHS, *VARIANTS)), default=list(PATHS),
+                   help=f"comma separated, any of {', '.join((*PATHS, *VARIANTS))}")  # fmt: skip
+    p.add_argument("--messages", type=integer(1, 1_000_000), default=200,
+                   help="messages per cell")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.add_argument(_CHILD_FLAG, action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.messages < 1:
-        p.error("--messages must be at least 1")
     if getattr(args, _CHILD_FLAG.lstrip("-").replace("-", "_")) or Counter.available():
         return _run(args)
     env = preload_env()

@@ -8,7 +8,6 @@ candidates together.  Run ``python bench/ring_bench.py --help``.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import io
 import json
@@ -24,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .._native import ffi, lib
+from ..cliargs import Parser, integer, number, output_file
 from ..ring import STAGE_SIZE, RingBuffer
 
 SIZES = (64, 1024, 16384)
@@ -293,13 +293,15 @@ def _table(title: str, rows: list[Row], ratio_label: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="ring_bench", description="Benchmark the wsstls ring against Python FIFOs."
+    p = Parser(
+        prog="wsstls ring-bench", description="Benchmark the wsstls ring against Python FIFOs."
     )
-    p.add_argument("--rounds", type=int, default=7, help="rounds per figure (median taken)")
-    p.add_argument("--target", type=float, default=0.05, help="seconds per round per candidate")
+    p.add_argument("--rounds", type=integer(1, 1000), default=7,
+                   help="rounds per figure (median taken)")  # fmt: skip
+    p.add_argument("--target", type=number(0, 10, lo_open=True, unit="seconds"), default=0.05,
+                   help="seconds per round per candidate")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="tiny run (smoke test)")
-    p.add_argument("--json", metavar="FILE", help="write every figure as JSON")
+    p.add_argument("--json", type=output_file, metavar="FILE", help="write every figure as JSON")
     args = p.parse_args(argv)
     rounds, target = (3, 0.002) if args.quick else (args.rounds, args.target)
     total = (1 << 20) if args.quick else (32 << 20)

@@ -4,45 +4,60 @@ from __future__ import annotations
 
 import sys
 
+from ..cliargs import Parser, cpu_list, host, input_file, integer, number, output_file, port, size
 from ..tls import TLSError, Transport
-from .config import Mode, ServerConfig
+from .config import LIMITS, Mode, ServerConfig
 from .loop import server_context
 from .workers import EXIT_FAILED, EXIT_USAGE, OnServer, serve
 
 __all__ = ["main", "parse"]
 
 
-def parse(argv: list[str] | None = None) -> tuple[ServerConfig, str | None]:
-    """The command line as a checked ServerConfig and the ``--stats`` file (exit 2 if bad)."""
-    import argparse
+def _limit(name: str) -> tuple[int, int]:
+    lo, hi = LIMITS[name]
+    return int(lo), int(hi)
 
-    p = argparse.ArgumentParser(prog="wsstls serve", description="The WSS echo server.")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0, help="0 picks a free port")
+
+def parse(argv: list[str] | None = None) -> tuple[ServerConfig, str | None]:
+    """The command line as a checked ServerConfig and the ``--stats`` file.
+
+    A bad input ends the process with one line naming the option (exit 2).
+    """
+    p = Parser(prog="wsstls serve", description="The WSS echo server.")
+    p.add_argument("--host", type=host, default="127.0.0.1", help="address or name to listen on")
+    p.add_argument("--port", type=port, default=0, help="0 picks a free port")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--tls", dest="tls", action="store_true", default=True, help="wss:// (default)")
     g.add_argument("--no-tls", dest="tls", action="store_false", help="plain ws://")
-    p.add_argument("--cert", help="certificate chain (PEM); default: self-signed, in memory")
-    p.add_argument("--key", help="private key (PEM)")
+    p.add_argument("--cert", type=input_file, help="certificate chain (PEM); default: "
+                   "self-signed, in memory")  # fmt: skip
+    p.add_argument("--key", type=input_file, help="its private key (PEM, unencrypted)")
     p.add_argument("--transport", choices=[t.value for t in Transport], default="ring")
     p.add_argument("--mode", choices=[m.value for m in Mode], default="inline")
-    p.add_argument("--threads", type=int, default=2, help="offload threads")
-    p.add_argument("--offload-threshold", type=int, default=16384, help="bytes (threshold mode)")
-    p.add_argument("--workers", type=int, default=1, help="processes sharing the port")
-    p.add_argument("--cpus", default="", help="pin process i to cpu LIST[i], e.g. 0 or 0,1")
-    p.add_argument("--max-message", type=int, default=16 * 1024 * 1024)
-    p.add_argument("--ring-capacity", type=int, default=65536)
-    p.add_argument("--handshake-timeout", type=float, default=10.0)
+    p.add_argument("--threads", type=integer(*_limit("threads")), default=2,
+                   help="offload threads")  # fmt: skip
+    p.add_argument("--offload-threshold", type=size(*_limit("offload_threshold")),
+                   default=16384, metavar="BYTES", help="threshold mode")  # fmt: skip
+    p.add_argument("--workers", type=integer(*_limit("workers")), default=1,
+                   help="processes sharing the port (supervised: see the README)")  # fmt: skip
+    p.add_argument("--cpus", type=cpu_list, default=(), metavar="LIST",
+                   help="pin process i to CPU LIST[i], e.g. 0 or 0,1 or 0-3")  # fmt: skip
+    p.add_argument("--max-message", type=size(*_limit("max_message")),
+                   default=16 * 1024 * 1024, metavar="BYTES")  # fmt: skip
+    p.add_argument("--ring-capacity", type=size(*_limit("ring_capacity")), default=65536,
+                   metavar="BYTES", help="per connection, rounded up to 2**n")  # fmt: skip
+    p.add_argument("--handshake-timeout", type=number(0, LIMITS["handshake_timeout"][1],
+                   lo_open=True, unit="seconds"), default=10.0, metavar="SECONDS")  # fmt: skip
     p.add_argument("--no-fast-path", dest="fast_path", action="store_false",
                    help="every frame through the Python framer")  # fmt: skip
-    p.add_argument("--stats", metavar="FILE", help="write counters as JSON on exit")
+    p.add_argument("--stats", type=output_file, metavar="FILE",
+                   help="write counters as JSON on exit")  # fmt: skip
     a = p.parse_args(argv)
     try:
-        cpus = tuple(int(c) for c in a.cpus.split(",") if c)
         cfg = ServerConfig(
             host=a.host, port=a.port, tls=a.tls, certfile=a.cert, keyfile=a.key,
             transport=Transport(a.transport), mode=Mode(a.mode), threads=a.threads,
-            offload_threshold=a.offload_threshold, workers=a.workers, cpus=cpus,
+            offload_threshold=a.offload_threshold, workers=a.workers, cpus=a.cpus,
             max_message=a.max_message, ring_capacity=a.ring_capacity,
             handshake_timeout=a.handshake_timeout, fast_path=a.fast_path,
         )  # fmt: skip

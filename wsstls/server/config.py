@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import enum
+import math
+import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..tls import Transport
 
-__all__ = ["Mode", "ServerConfig", "ServerStats", "url"]
+__all__ = ["LIMITS", "Mode", "ServerConfig", "ServerStats", "url"]
+
+#: What each numeric setting may be, inclusive (``handshake_timeout``: above 0).
+#: The command line's checks and ``ServerConfig.check`` both read these.
+LIMITS: dict[str, tuple[float, float]] = {
+    "port": (0, 65535),
+    "threads": (1, 1024),  # offload_new's bound
+    "workers": (1, 1024),
+    "offload_threshold": (0, 2**63 - 1),  # bytes one read brought
+    "max_message": (0, 2**63 - 1),  # RFC 6455's largest payload length
+    "ring_capacity": (4096, 2**30),  # one page (mirrored) to TLSConnection's largest ring
+    "handshake_timeout": (0, 3600),  # seconds, above 0
+    "backlog": (1, 65535),
+}
 
 
 class Mode(str, enum.Enum):
@@ -40,7 +55,23 @@ class ServerConfig:
     backlog: int = 1024
 
     def check(self) -> None:
-        """Raise ValueError for settings that cannot work together."""
+        """Raise ValueError for a setting out of its range (``LIMITS``) or settings that
+        cannot work together; TypeError for a wrong type."""
+        for name, (lo, hi) in LIMITS.items():
+            value = getattr(self, name)
+            if name == "handshake_timeout":
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+                if not (math.isfinite(value) and lo < value <= hi):
+                    raise ValueError(f"{name} must be above {lo} and at most {hi} seconds, "
+                                     f"got {value!r}")  # fmt: skip
+            elif isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+            elif not lo <= value <= hi:
+                raise ValueError(f"{name} must be from {lo} to {hi}, got {value}")
+        for cpu in self.cpus:
+            if isinstance(cpu, bool) or not isinstance(cpu, int) or cpu < 0:
+                raise ValueError(f"cpus: CPU numbers are ints >= 0, got {cpu!r}")
         if self.mode is not Mode.INLINE:
             if not self.tls:
                 raise ValueError(f"--mode {self.mode.value} offloads TLS work: it needs --tls")
@@ -49,15 +80,19 @@ class ServerConfig:
                     f"--mode {self.mode.value} hands ciphertext over through the rings: "
                     "it needs --transport ring"
                 )
-        for name in ("threads", "workers", "ring_capacity", "backlog"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
-        if self.ring_capacity < 4096:
-            raise ValueError("ring_capacity must be at least 4096 (one page, mirrored)")
-        if self.max_message < 0 or self.offload_threshold < 0 or self.handshake_timeout <= 0:
-            raise ValueError("max_message, offload_threshold >= 0 and handshake_timeout > 0")
         if (self.certfile is None) != (self.keyfile is None):
             raise ValueError("give both --cert and --key, or neither")
+        if not self.tls and self.certfile is not None:
+            raise ValueError("--no-tls serves plain ws://: --cert and --key are for --tls")
+
+    def check_cpus(self) -> None:
+        """Raise ValueError for a CPU in ``cpus`` this process may not use (checked before
+        a process pins itself to one of them, after which the others look forbidden)."""
+        allowed = os.sched_getaffinity(0)
+        for cpu in self.cpus:
+            if cpu not in allowed:
+                raise ValueError(f"cpus: CPU {cpu} is not one this process may use "
+                                 f"({sorted(allowed)})")  # fmt: skip
 
 
 def url(tls: bool, host: str, port: int) -> str:

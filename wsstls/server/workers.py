@@ -122,6 +122,7 @@ def serve(
     OSError or TLSError when the server cannot start.
     """
     config.check()
+    config.check_cpus()
     _raise_nofile()
     _check_resources(config)
     if config.tls and context is None:
