@@ -185,10 +185,14 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
 @pytest.mark.no_sanitizer
 @pytest.mark.timeout(240)
 def test_quick_scaling_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out_json = tmp_path / "bench.json"
-    rc, out, err = _run(["--quick", "--scaling", "1,2", "--modes", "inline", "--json",
-                         str(out_json)], capsys)  # fmt: skip
+    out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
+    argv = ["--quick", "--scaling", "1,2", "--modes", "inline", "--json", str(out_json)]
+    drawn = plot.check() is None  # matplotlib installed: the scaling panel is drawn too
+    if drawn:
+        argv += ["--plot", str(out_png)]
+    rc, out, err = _run(argv, capsys)
     assert rc == 0, err
+    assert out_png.is_file() == drawn
     assert out.splitlines()[1].startswith("core plan: CPUs ")
     assert "Scaling: 64 B x 8 connections" in out
     doc = json.loads(out_json.read_text())
