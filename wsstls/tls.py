@@ -101,6 +101,10 @@ _TRANSPORT_CODE = {
     Transport.FD: lib.TLS_FD,
 }
 
+#: The record paths a context may choose (TLSContext's ``records``).
+RECORDS = ("openssl", "direct")
+_RECORDS_COUNTERS = [name for name, _ in ffi.typeof("struct records_counters").fields]
+
 _read_ring = lib.tls_read_ring
 _write = lib.tls_write
 _write_ring = lib.tls_write_ring
@@ -248,7 +252,12 @@ def _record_settings(
 
 
 class TLSContext:
-    """Settings shared by connections: role, certificate, trust, versions, ALPN.
+    """Settings shared by connections: role, certificate, trust, versions, ALPN, records.
+
+    ``records="direct"``: after the handshake, connections over the ring
+    transport seal and open TLS 1.3 records with wsstls's own record layer
+    (OpenSSL's AEAD, straight between the rings); TLS 1.2, other suites and
+    other transports stay on OpenSSL's records (``TLSConnection.records``).
 
     ``verify`` defaults to True for a client (the server's certificate and
     name are checked against ``cafile``/``cadata``, or the system's CA
@@ -296,10 +305,11 @@ class TLSContext:
         crypto: Crypto | str = Crypto.INLINE,
         offload_threshold: int = _TLS_RECORD,
         crypto_threads: int | None = None,
+        records: str = "openssl",
     ) -> None:
         if not isinstance(server, bool):
             raise TypeError(f"server must be a bool, not {type(server).__name__}")
-        records = _record_settings(pipelines, split_send_fragment, max_send_fragment,
+        sizes = _record_settings(pipelines, split_send_fragment, max_send_fragment,
                                    read_buffer_len)  # fmt: skip
         try:
             self.crypto = Crypto(crypto)
@@ -312,7 +322,7 @@ class TLSContext:
         threads = 0 if crypto_threads is None else _index(crypto_threads, "crypto_threads")
         if crypto_threads is not None and not 1 <= threads <= 256:
             raise ValueError(f"crypto_threads must be 1 .. 256 (or None), got {crypto_threads}")
-        self.pipelines = records[0]
+        self.pipelines = sizes[0]
         self.offload_threshold = offload_threshold
         flags = (lib.TLS_CRYPTO_PIPELINE if self.pipelines else 0) | (
             lib.TLS_CRYPTO_ASYNC if self.crypto is Crypto.ASYNC else 0
@@ -373,8 +383,14 @@ class TLSContext:
             if _index(num_tickets, "num_tickets") < 0:
                 raise ValueError(f"num_tickets must be at least 0, got {num_tickets}")
             lib.tls_ctx_set_num_tickets(raw, num_tickets)
-        if any(records) and not lib.tls_ctx_set_records(raw, *records):
-            raise TLSError(_last_error(f"cannot set the record sizes {records}"))
+        if any(sizes) and not lib.tls_ctx_set_records(raw, *sizes):
+            raise TLSError(_last_error(f"cannot set the record sizes {sizes}"))
+        if not isinstance(records, str):
+            raise TypeError(f"records must be a str, not {type(records).__name__}")
+        if records not in RECORDS:
+            raise ValueError(f"records must be one of {', '.join(RECORDS)}, got {records!r}")
+        lib.tls_ctx_set_record_path(raw, records == "direct")
+        self.records = records
         if server and self.certificate_pem is None:  # checked last: argument errors come first
             raise ValueError(
                 "a server context needs a certificate and its key: certfile= and keyfile=, "
@@ -818,6 +834,23 @@ class TLSConnection:
             return ffi.buffer(der[0], n)[:]
         finally:
             lib.tls_free(der[0])
+
+    @property
+    def records(self) -> str:
+        """Who seals and opens records: "openssl", "direct", or "handover" until
+        a direct context's handshake is done."""
+        return ffi.string(lib.tls_records(self._live())).decode()
+
+    @property
+    def records_reason(self) -> str:
+        """Why a direct context's connection stayed on OpenSSL's records ("" if not)."""
+        return ffi.string(lib.tls_records_why(self._live())).decode()
+
+    def records_counters(self) -> dict[str, int]:
+        """The direct record layer's counters (zeros on OpenSSL's records)."""
+        out = ffi.new("struct records_counters *")
+        lib.tls_records_counters(self._live(), out)
+        return {name: int(getattr(out, name)) for name in _RECORDS_COUNTERS}
 
     @property
     def session_reused(self) -> bool:

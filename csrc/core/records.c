@@ -971,6 +971,8 @@ int records_ctx_enable(SSL_CTX *ctx)
     return 1;
 }
 
+int records_ctx_enabled(const SSL_CTX *ctx) { return SSL_CTX_get_keylog_callback(ctx) == keylog; }
+
 records_tap *records_tap_new(SSL *ssl)
 {
     if (!CRYPTO_THREAD_run_once(&tap_once, tap_index_init) || tap_index < 0)

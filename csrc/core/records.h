@@ -61,8 +61,10 @@ typedef struct records records;
 
 typedef struct records_tap records_tap;
 
-/* Install the keylog callback the taps need (once per context). */
+/* Install the keylog callback the taps need (once per context); whether a
+ * context has it. */
 int records_ctx_enable(SSL_CTX *ctx);
+int records_ctx_enabled(const SSL_CTX *ctx);
 /* Attach a tap to ssl before its handshake; NULL on allocation failure. */
 records_tap *records_tap_new(SSL *ssl);
 /* Detach from ssl (when still attached) and wipe the secrets it holds. */

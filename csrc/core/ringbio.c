@@ -279,6 +279,19 @@ ssize_t ringbio_fill(BIO *b)
     return got;
 }
 
+ssize_t ringbio_read_batch(BIO *b)
+{
+    struct ringbio *s = BIO_get_data(b);
+    if (s->drained)
+        return -EAGAIN;
+    if (atomic_load_explicit(&s->eof, memory_order_acquire))
+        return 0;
+    ssize_t got = ringbio_fill(b);
+    if (got == -EAGAIN || (got > 0 && ring_writable(s->rx) > 0))
+        s->drained = 1; /* a stream socket that gave less than asked is empty */
+    return got;
+}
+
 ssize_t ringbio_flush(BIO *b)
 {
     struct ringbio *s = BIO_get_data(b);
@@ -305,6 +318,12 @@ int ringbio_eof(BIO *b)
 {
     struct ringbio *s = BIO_get_data(b);
     return atomic_load_explicit(&s->eof, memory_order_acquire) && none_in(RX(s));
+}
+
+int ringbio_eof_seen(BIO *b)
+{
+    struct ringbio *s = BIO_get_data(b);
+    return atomic_load_explicit(&s->eof, memory_order_acquire);
 }
 
 void ringbio_new_batch(BIO *b)

@@ -62,7 +62,14 @@ BIO *ringbio_new(ring **rx, ring **tx, size_t capacity, int ring_flags, int fd, 
 ssize_t ringbio_fill(BIO *b);
 ssize_t ringbio_flush(BIO *b);
 
+/* A record layer of our own with a socket (READ_FD): one readv into rx,
+ * unless the socket was found drained in this batch (-EAGAIN then without
+ * a system call); a read that leaves rx room drains it.  Returns as
+ * ringbio_fill. */
+ssize_t ringbio_read_batch(BIO *b);
+
 void ringbio_set_eof(BIO *b);       /* the peer will send no more */
+int ringbio_eof_seen(BIO *b);       /* ... even with bytes still in rx */
 int ringbio_eof(BIO *b);            /* EOF seen and rx empty */
 void ringbio_new_batch(BIO *b);     /* the socket may have data again */
 /* 1 when a read could only find nothing: rx is empty and (with a socket)

@@ -353,6 +353,15 @@ int tls_ctx_set_ciphers(SSL_CTX *ctx, const char *tls12, const char *tls13)
            (tls13 == NULL || SSL_CTX_set_ciphersuites(ctx, tls13) == 1);
 }
 
+int tls_ctx_set_record_path(SSL_CTX *ctx, int direct)
+{
+    if (direct)
+        return records_ctx_enable(ctx);
+    if (records_ctx_enabled(ctx))
+        SSL_CTX_set_keylog_callback(ctx, NULL);
+    return 1;
+}
+
 int tls_ctx_set_num_tickets(SSL_CTX *ctx, size_t n) { return SSL_CTX_set_num_tickets(ctx, n); }
 
 /* ------------------------------------------------------- self-signed cert */
@@ -478,10 +487,17 @@ size_t tls_last_error(char *buf, size_t len)
  * call.  Clearing it walks every slot (3k instructions per 64 B round trip,
  * measured): our calls drain it on every failure, so it is almost always
  * empty already and a peek settles it. */
-static inline void clear_errors(void)
+static inline void clear_errors(tls_conn *c)
 {
+    /* Within one compound call the queue stays empty after the first check:
+     * successful calls add nothing and ssl_status drains what a failed one
+     * left.  c->queue_checked is reset at each entry from the caller, whose
+     * other code (on this thread) may have left errors in between. */
+    if (c->queue_checked)
+        return;
     if (ERR_peek_error() != 0)
         ERR_clear_error();
+    c->queue_checked = 1;
 }
 
 int tls_conn_fail(tls_conn *c, int status, const char *what)
@@ -1095,7 +1111,7 @@ static int ssl_status(tls_conn *c, int ret)
 static long ossl_read(tls_conn *c, void *buf, size_t n)
 {
     size_t got;
-    clear_errors();
+    clear_errors(c);
     if (SSL_read_ex(c->ssl, buf, n, &got))
         return (long)got;
     return ssl_status(c, 0);
@@ -1104,7 +1120,7 @@ static long ossl_read(tls_conn *c, void *buf, size_t n)
 static long ossl_write(tls_conn *c, const void *buf, size_t n)
 {
     size_t put;
-    clear_errors();
+    clear_errors(c);
     if (SSL_write_ex(c->ssl, buf, n, &put))
         return (long)put;
     return ssl_status(c, 0);
@@ -1117,17 +1133,212 @@ static int ossl_pending(const tls_conn *c)
 
 static int ossl_shutdown(tls_conn *c)
 {
-    clear_errors();
+    clear_errors(c);
     int r = SSL_shutdown(c->ssl);
     return r >= 0 ? r : ssl_status(c, r);
 }
 
+/* A read straight into each contiguous span of the ring's free space. */
+static long read_ring_by(tls_conn *c, ring *plain, long (*read)(tls_conn *, void *, size_t))
+{
+    long total = 0;
+    for (;;) {
+        size_t room;
+        void *p = ring_reserve(plain, &room);
+        if (room == 0)
+            return total;
+        long got = read(c, p, room);
+        if (got <= 0)
+            return total > 0 ? total : got;
+        ring_commit(plain, (size_t)got);
+        total += got;
+        counter_add(&c->reads, 1);
+        /* Nothing buffered anywhere: another read would only find that out
+         * (a call and an error-queue round trip per message). */
+        if (c->io->drained(c) && !ossl_pending(c))
+            return total;
+    }
+}
+
+static long ossl_read_ring(tls_conn *c, ring *plain) { return read_ring_by(c, plain, ossl_read); }
+
 static const struct tls_record_ops openssl_records = {
     .name = "openssl",
     .read = ossl_read,
+    .read_ring = ossl_read_ring,
     .write = ossl_write,
     .pending = ossl_pending,
     .shutdown = ossl_shutdown,
+    .handshake_done = nothing,
+};
+
+/* ------------------------------------ records: direct (records.h) */
+
+/* After the handshake wsstls seals and opens TLS 1.3 records itself, in the
+ * ring transport's rings; OpenSSL's SSL object keeps the session (version,
+ * cipher, peer certificate) and sees no more records.  With a socket of its
+ * own (not pumped, not caller I/O) the layer reads the socket into rx once
+ * per batch and sends what it sealed at once, as the ring BIO does for
+ * OpenSSL. */
+
+static int direct_status(tls_conn *c, long status)
+{
+    switch (status) {
+    case RECORDS_WANT_READ:
+        return TLS_WANT_READ;
+    case RECORDS_WANT_WRITE:
+        return TLS_WANT_WRITE;
+    case RECORDS_CLOSED:
+        return tls_conn_fail(c, TLS_CLOSED, records_error(c->direct));
+    case RECORDS_EOF:
+        return tls_conn_fail(c, TLS_EOF, records_error(c->direct));
+    default:
+        return tls_conn_fail(c, TLS_ERROR, records_error(c->direct));
+    }
+}
+
+static int direct_own_io(const tls_conn *c)
+{
+    return c->fd >= 0 && !c->pumped && !(c->flags & TLS_CALLER_IO);
+}
+
+/* More ciphertext for a read that found no whole record: 1 when there may
+ * be some now (or the end of the stream became known), else a status. */
+static long direct_more(tls_conn *c)
+{
+    if (ringbio_eof_seen(c->ringbio)) { /* fed, pumped, read by the loop or by us */
+        records_set_eof(c->direct);
+        return 1;
+    }
+    if (!direct_own_io(c))
+        return TLS_WANT_READ; /* the caller or the pump brings more */
+    ssize_t got = ringbio_read_batch(c->ringbio);
+    if (got >= 0)
+        return 1; /* bytes, or the end of the stream (seen on the retry) */
+    if (got == -EAGAIN || got == -ENOBUFS)
+        return TLS_WANT_READ;
+    return fail_errno(c, (int)-got);
+}
+
+/* Open into plain (or buf); when no whole record is there, fetch more and
+ * retry (three tries: the read, the EOF, the status). */
+static long direct_open(tls_conn *c, ring *plain, void *buf, size_t n)
+{
+    for (int tries = 0;; tries++) {
+        long got = plain != NULL ? records_read_ring(c->direct, plain)
+                                 : records_read(c->direct, buf, n);
+        if (got > 0 && plain != NULL)
+            counter_add(&c->reads, 1);
+        if (got != RECORDS_WANT_READ || tries == 2)
+            return got >= 0 ? got : direct_status(c, got);
+        long more = direct_more(c);
+        if (more < 0)
+            return more;
+    }
+}
+
+static long direct_read(tls_conn *c, void *buf, size_t n) { return direct_open(c, NULL, buf, n); }
+static long direct_read_ring(tls_conn *c, ring *plain) { return direct_open(c, plain, NULL, 0); }
+
+static long direct_write(tls_conn *c, const void *buf, size_t n)
+{
+    long put = records_write(c->direct, buf, n);
+    if (put < 0 && put != RECORDS_WANT_WRITE)
+        return direct_status(c, put);
+    /* What was sealed goes out now; what the socket refuses stays in tx. */
+    if (direct_own_io(c) && !ring_empty(c->tx)) {
+        long sent = c->io->pump_out(c);
+        if (sent == TLS_ERROR)
+            return TLS_ERROR;
+    }
+    return put == RECORDS_WANT_WRITE ? TLS_WANT_WRITE : put;
+}
+
+static int direct_pending(const tls_conn *c) { return records_has_pending(c->direct); }
+
+static int direct_shutdown(tls_conn *c)
+{
+    for (int tries = 0;; tries++) {
+        int r = records_close(c->direct);
+        if (r >= 0 && direct_own_io(c) && !ring_empty(c->tx) && c->io->pump_out(c) == TLS_ERROR)
+            return TLS_ERROR;
+        if (r == 0 && tries < 2 && direct_more(c) == 1)
+            continue;
+        if (r == RECORDS_CLOSED)
+            return 1;
+        return r >= 0 ? r : direct_status(c, r);
+    }
+}
+
+static const struct tls_record_ops direct_records = {
+    .name = "direct",
+    .read = direct_read,
+    .read_ring = direct_read_ring,
+    .write = direct_write,
+    .pending = direct_pending,
+    .shutdown = direct_shutdown,
+    .handshake_done = nothing,
+};
+
+/* Before the hand-over: OpenSSL's records for the handshake, and at its
+ * end the direct layer takes over, or the connection stays on OpenSSL's
+ * (c->records_why says why).  A read, write or shutdown before the
+ * handshake is done drives the handshake first (never SSL_read, which
+ * could leave OpenSSL holding application records). */
+static void hand_over(tls_conn *c)
+{
+    c->direct = records_take_over(c->tap, c->ssl, c->rx, c->tx, c->records_why,
+                                  sizeof c->records_why);
+    c->tap = NULL; /* freed by records_take_over */
+    c->rec = c->direct != NULL ? &direct_records : &openssl_records;
+    if (c->direct == NULL && (c->flags & TLS_READ_AHEAD))
+        SSL_set_read_ahead(c->ssl, 1);
+}
+
+static int handover_handshake(tls_conn *c)
+{
+    clear_errors(c);
+    int r = SSL_do_handshake(c->ssl);
+    if (r != 1)
+        return ssl_status(c, r);
+    hand_over(c);
+    return 0;
+}
+
+static long handover_read(tls_conn *c, void *buf, size_t n)
+{
+    int s = handover_handshake(c);
+    return s < 0 ? s : c->rec->read(c, buf, n);
+}
+
+static long handover_read_ring(tls_conn *c, ring *plain)
+{
+    int s = handover_handshake(c);
+    return s < 0 ? s : c->rec->read_ring(c, plain);
+}
+
+static long handover_write(tls_conn *c, const void *buf, size_t n)
+{
+    int s = handover_handshake(c);
+    return s < 0 ? s : c->rec->write(c, buf, n);
+}
+
+static int handover_shutdown(tls_conn *c)
+{
+    if (!SSL_is_init_finished(c->ssl))
+        return ossl_shutdown(c); /* what OpenSSL says of a shutdown in the handshake */
+    hand_over(c);
+    return c->rec->shutdown(c);
+}
+
+static const struct tls_record_ops handover_records = {
+    .name = "handover",
+    .read = handover_read,
+    .read_ring = handover_read_ring,
+    .write = handover_write,
+    .pending = ossl_pending,
+    .shutdown = handover_shutdown,
+    .handshake_done = hand_over,
 };
 
 /* ------------------------------------ records: OpenSSL's, in ASYNC jobs */
@@ -1159,7 +1370,7 @@ static long call_shutdown(tls_conn *c, void *buf, size_t n)
 static long call_handshake(tls_conn *c, void *buf, size_t n)
 {
     (void)buf, (void)n;
-    clear_errors();
+    clear_errors(c);
     int r = SSL_do_handshake(c->ssl);
     return r == 1 ? 0 : ssl_status(c, r);
 }
@@ -1188,12 +1399,17 @@ static int async_shutdown(tls_conn *c)
     return (int)in_job(c, TLS_OP_SHUTDOWN, NULL, 0, call_shutdown);
 }
 
+static long async_read_ring(tls_conn *c, ring *plain) { return read_ring_by(c, plain, async_read); }
+
 static const struct tls_record_ops async_records = {
     .name = "openssl-async",
     .read = async_read,
+    .read_ring = async_read_ring,
     .write = async_write,
     .pending = ossl_pending,
     .shutdown = async_shutdown,
+    .handshake_done = nothing,
+    .key_update = ossl_key_update,
 };
 
 /* The SSL handshake step, in a job for ASYNC contexts. */
@@ -1300,6 +1516,16 @@ tls_conn *tls_conn_new(SSL_CTX *ctx, int transport, int fd, size_t ring_capacity
             goto fail;
         c->rec = &async_records;
     }
+    /* A context for direct records: the ring transport hands over after the
+     * handshake (read-ahead off until then, so that OpenSSL holds no record
+     * beyond the handshake's: what came after is in rx, taken over). */
+    int direct = records_ctx_enabled(ctx);
+    const char *why = transport != TLS_RING ? "the direct path needs the ring transport"
+                      : c->async != NULL    ? "ASYNC crypto stays on OpenSSL's records"
+                                            : NULL;
+    if (direct && why != NULL)
+        snprintf(c->records_why, sizeof c->records_why, "%s", why);
+    direct = direct && why == NULL;
     c->fd = fd;
     c->flags = flags;
     c->ring_capacity = ring_capacity;
@@ -1309,10 +1535,15 @@ tls_conn *tls_conn_new(SSL_CTX *ctx, int transport, int fd, size_t ring_capacity
         SSL_set_connect_state(c->ssl);
     if (!SSL_is_server(c->ssl) && !set_hostname(c->ssl, hostname))
         goto fail;
-    if (flags & TLS_READ_AHEAD)
+    if ((flags & TLS_READ_AHEAD) && !direct)
         SSL_set_read_ahead(c->ssl, 1);
     if (!c->io->attach(c, ring_capacity))
         goto fail;
+    if (direct) {
+        if ((c->tap = records_tap_new(c->ssl)) == NULL)
+            goto fail;
+        c->rec = &handover_records;
+    }
     return c;
 fail:
     tls_conn_free(c);
@@ -1325,6 +1556,8 @@ void tls_conn_free(tls_conn *c)
         return;
     if (c->paused)
         finish_paused(c);
+    records_tap_free(c->tap, c->ssl);
+    records_free(c->direct);
     SSL_free(c->ssl); /* frees the BIOs it was given */
     async_conn_free(c->async); /* (its fd, once the SSL's wait context is gone) */
     if (c->io != NULL)
@@ -1409,8 +1642,11 @@ int tls_handshake(tls_conn *c)
     if (c->dead || awake(c) < 0)
         return TLS_ERROR;
     c->io->new_batch(c);
+    c->queue_checked = 0;
     for (;;) {
         int status = handshake_step(c);
+        if (status == 0)
+            c->rec->handshake_done(c);
         if (flush_out(c) == TLS_ERROR)
             return TLS_ERROR;
         if (pumped_more(c, status))
@@ -1426,6 +1662,7 @@ long tls_read(tls_conn *c, void *buf, size_t n)
     if (awake(c) < 0)
         return TLS_ERROR;
     c->io->new_batch(c);
+    c->queue_checked = 0;
     for (;;) {
         long got = c->rec->read(c, buf, n);
         if (got > 0) {
@@ -1449,20 +1686,13 @@ long tls_read_ring(tls_conn *c, ring *plain)
     if (awake(c) < 0)
         return TLS_ERROR;
     c->io->new_batch(c);
+    c->queue_checked = 0;
     long total = 0, status = 0;
     for (;;) {
-        size_t room;
-        void *p = ring_reserve(plain, &room);
-        if (room == 0)
-            break;
-        long got = c->rec->read(c, p, room); /* decrypted record -> ring */
+        long got = c->rec->read_ring(c, plain); /* decrypted records -> ring */
         if (got > 0) {
-            ring_commit(plain, (size_t)got);
             total += got;
             counter_add(&c->plain_in, (uint64_t)got);
-            counter_add(&c->reads, 1);
-            /* Nothing buffered anywhere: another read would only find that
-             * out (a call and an error-queue round trip per message). */
             if (c->io->drained(c) && !c->rec->pending(c))
                 break;
             continue;
@@ -1483,6 +1713,7 @@ long tls_write(tls_conn *c, const void *buf, size_t n)
         return TLS_ERROR;
     size_t total = 0;
     long status = 0;
+    c->queue_checked = 0;
     while (total < n) {
         long put = c->rec->write(c, (const char *)buf + total, n - total);
         if (put > 0) {
@@ -1539,6 +1770,7 @@ int tls_shutdown(tls_conn *c)
     /* The second call reads the peer's close_notify: from the socket (a new
      * batch for the ring BIO), or through the pump. */
     c->io->new_batch(c);
+    c->queue_checked = 0;
     for (;;) {
         int status = c->rec->shutdown(c);
         if (flush_out(c) == TLS_ERROR)
@@ -1599,6 +1831,17 @@ size_t tls_peer_cert(const tls_conn *c, unsigned char **der)
 }
 
 int tls_session_reused(const tls_conn *c) { return SSL_session_reused(c->ssl); }
+
+const char *tls_records(const tls_conn *c) { return c->rec->name; }
+const char *tls_records_why(const tls_conn *c) { return c->records_why; }
+
+void tls_records_counters(const tls_conn *c, struct records_counters *out)
+{
+    if (c->direct != NULL)
+        records_counters(c->direct, out);
+    else
+        memset(out, 0, sizeof *out);
+}
 
 /* --------------------------------------------------------------- ledger */
 

@@ -25,6 +25,7 @@
 
 #include <openssl/ssl.h>
 
+#include "records.h"
 #include "ring.h"
 
 enum tls_transport {
@@ -84,6 +85,11 @@ int tls_ctx_set_versions(SSL_CTX *ctx, int min_version, int max_version);
 int tls_ctx_set_alpn(SSL_CTX *ctx, const unsigned char *wire, size_t len);
 int tls_ctx_set_ciphers(SSL_CTX *ctx, const char *tls12, const char *tls13);
 int tls_ctx_set_num_tickets(SSL_CTX *ctx, size_t n);
+/* Who seals and opens application data: 0 OpenSSL (SSL_read/SSL_write),
+ * 1 direct: connections over TLS_RING hand over to wsstls's own TLS 1.3
+ * record layer (records.h) after the handshake, when OpenSSL holds nothing
+ * (TLS 1.2, other suites, other transports stay on OpenSSL's). */
+int tls_ctx_set_record_path(SSL_CTX *ctx, int direct);
 
 /* How a context's records are sealed and opened (tls_ctx_new_crypto):
  *   TLS_CRYPTO_PIPELINE  TLS 1.2 AES-GCM by our pipeline-capable cipher
@@ -220,6 +226,13 @@ size_t tls_alpn(const tls_conn *c, char *buf, size_t n);
 /* The peer's certificate as DER (free with tls_free): length, 0 if none. */
 size_t tls_peer_cert(const tls_conn *c, unsigned char **der);
 int tls_session_reused(const tls_conn *c);
+/* The record path: "openssl", "direct", or "handover" until a direct
+ * context's handshake is done; why a direct context's connection stayed on
+ * OpenSSL's ("" if it did not); the direct layer's counters (zeros on
+ * OpenSSL's path). */
+const char *tls_records(const tls_conn *c);
+const char *tls_records_why(const tls_conn *c);
+void tls_records_counters(const tls_conn *c, struct records_counters *out);
 
 /* ---------------------------------------------------------------- memory */
 

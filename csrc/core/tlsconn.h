@@ -31,6 +31,7 @@
 #include <openssl/ssl.h>
 
 #include "counter.h"
+#include "records.h"
 #include "ring.h"
 #include "tls.h"
 
@@ -80,6 +81,9 @@ struct tls_record_ops {
     const char *name;
     /* Decrypt up to n bytes into buf: bytes (> 0), or a status. */
     long (*read)(tls_conn *c, void *buf, size_t n);
+    /* Decrypt into plain's free space (both spans where it wraps): bytes
+     * (> 0), or a status; adds to c->reads per read that moved data. */
+    long (*read_ring)(tls_conn *c, ring *plain);
     /* Encrypt up to n bytes from buf: bytes accepted (> 0), or a status. */
     long (*write)(tls_conn *c, const void *buf, size_t n);
     /* 1 when decrypted bytes or whole records wait inside the layer. */
@@ -87,6 +91,9 @@ struct tls_record_ops {
     /* Send close_notify, and read the peer's: 1 both done, 0 not yet, or a
      * status. */
     int (*shutdown)(tls_conn *c);
+    /* SSL_do_handshake has just returned 1: the moment a record layer of
+     * our own takes over (sets c->rec). */
+    void (*handshake_done)(tls_conn *c);
 };
 
 struct tls_conn {
@@ -112,6 +119,10 @@ struct tls_conn {
     size_t ring_capacity;          /* of rx and tx, to make them again */
     uint64_t parked_ring_copies;   /* ring copies counted by rings since freed */
     uint64_t parked_ring_bytes;
+    int queue_checked; /* the thread's error queue is known empty in this call */
+    records *direct;   /* the direct record layer, once it took over */
+    records_tap *tap;  /* until then: what it needs from the handshake */
+    char records_why[96]; /* why the connection stays on OpenSSL's records */
     char error[512];
     /* FD: kernel traffic seen through the socket BIO's callback; MEM/PAIR:
      * the pumps'.  TLS_RING keeps its own in the ring BIO. */

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from ..cliargs import Parser, cpu_list, host, input_file, integer, number, output_file, port, size
-from ..tls import TLSError, Transport
+from ..tls import RECORDS, TLSError, Transport
 from .config import LIMITS, Mode, ServerConfig
 from .loop import server_context
 from .workers import EXIT_FAILED, EXIT_USAGE, OnServer, serve
@@ -33,6 +33,8 @@ def parse(argv: list[str] | None = None) -> tuple[ServerConfig, str | None]:
                    "self-signed, in memory")  # fmt: skip
     p.add_argument("--key", type=input_file, help="its private key (PEM, unencrypted)")
     p.add_argument("--transport", choices=[t.value for t in Transport], default="ring")
+    p.add_argument("--records", choices=RECORDS, default="openssl",
+                   help="who seals and opens TLS 1.3 records after the handshake")  # fmt: skip
     p.add_argument("--mode", choices=[m.value for m in Mode], default="inline")
     p.add_argument("--threads", type=integer(*_limit("threads")), default=2,
                    help="offload threads")  # fmt: skip
@@ -56,7 +58,8 @@ def parse(argv: list[str] | None = None) -> tuple[ServerConfig, str | None]:
     try:
         cfg = ServerConfig(
             host=a.host, port=a.port, tls=a.tls, certfile=a.cert, keyfile=a.key,
-            transport=Transport(a.transport), mode=Mode(a.mode), threads=a.threads,
+            transport=Transport(a.transport), records=a.records, mode=Mode(a.mode),
+            threads=a.threads,
             offload_threshold=a.offload_threshold, workers=a.workers, cpus=a.cpus,
             max_message=a.max_message, ring_capacity=a.ring_capacity,
             handshake_timeout=a.handshake_timeout, fast_path=a.fast_path,

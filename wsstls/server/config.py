@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ..tls import Transport
+from ..tls import RECORDS, Transport
 
 __all__ = ["LIMITS", "Mode", "ServerConfig", "ServerStats", "url"]
 
@@ -43,6 +43,7 @@ class ServerConfig:
     certfile: str | None = None
     keyfile: str | None = None
     transport: Transport = Transport.RING
+    records: str = "openssl"  # who seals and opens records: "openssl" or "direct"
     mode: Mode = Mode.INLINE
     threads: int = 2
     offload_threshold: int = 16384
@@ -80,6 +81,12 @@ class ServerConfig:
                     f"--mode {self.mode.value} hands ciphertext over through the rings: "
                     "it needs --transport ring"
                 )
+        if self.records not in RECORDS:
+            raise ValueError(f"--records must be one of {', '.join(RECORDS)}")
+        if self.records == "direct" and self.tls and self.transport is not Transport.RING:
+            raise ValueError(
+                "--records direct seals records in the rings: it needs --transport ring"
+            )
         if (self.certfile is None) != (self.keyfile is None):
             raise ValueError("give both --cert and --key, or neither")
         if not self.tls and self.certfile is not None:

@@ -588,8 +588,10 @@ class Server:
 def server_context(config: ServerConfig) -> TLSContext:
     """The configured certificate, or a fresh in-memory self-signed one (RSA 2048)."""
     if config.certfile is not None and config.keyfile is not None:
-        return TLSContext(True, certfile=config.certfile, keyfile=config.keyfile)
-    return TLSContext.server_self_signed("localhost")
+        return TLSContext(
+            True, certfile=config.certfile, keyfile=config.keyfile, records=config.records
+        )
+    return TLSContext.server_self_signed("localhost", records=config.records)
 
 
 def _cpu_seconds() -> float:
