@@ -80,6 +80,7 @@ class Design:
     fast_path: bool = True
     threads: int = 2
     offload_threshold: int = 16384
+    records: str = "openssl"
 
     @property
     def scheme(self) -> str:
@@ -98,6 +99,8 @@ class Design:
         out += ["--workers", str(self.workers)]
         if not self.fast_path:
             out.append("--no-fast-path")
+        if self.records != "openssl":
+            out += ["--records", self.records]
         return out
 
     def config(self, **overrides: Any) -> ServerConfig:
@@ -111,6 +114,7 @@ class Design:
             "offload_threshold": self.offload_threshold,
             "workers": self.workers,
             "fast_path": self.fast_path,
+            "records": self.records,
         }
         kw.update(overrides)
         return ServerConfig(**kw)
@@ -130,6 +134,11 @@ DESIGNS: dict[str, Design] = {
         Design("workers2", workers=2),
         Design("plain", tls=False),
         Design("no-fast-path", fast_path=False),
+        # wsstls's own TLS 1.3 records after the handshake, in each mode
+        Design("inline-direct", records="direct"),
+        Design("offload-direct", mode="offload", records="direct"),
+        Design("batched-direct", mode="batched", records="direct"),
+        Design("threshold-direct", mode="threshold", offload_threshold=4096, records="direct"),
     )
 }
 TLS_DESIGNS = [name for name, d in DESIGNS.items() if d.tls]

@@ -703,6 +703,14 @@ class TLSConnection:
             self._held(lib.TLS_OP_WRITE, ring)
         return put if put >= 0 else self._write_status(put)
 
+    def key_update(self, request: bool = False) -> None:
+        """TLS 1.3 KeyUpdate: new write keys; ``request`` asks the peer to update too."""
+        if not isinstance(request, bool):
+            raise TypeError(f"request must be a bool, not {type(request).__name__}")
+        status = lib.tls_key_update(self._live(), request)
+        if status < 0 and status not in TLS_WAITS:
+            self._raise(status)
+
     def fill(self) -> int | None:
         """Read what the socket holds into the incoming ring (``ring``): bytes,
         0 when the ring is full, None when the socket had nothing.  Raises

@@ -123,7 +123,7 @@ struct records {
     int server, suite;
     size_t hash_len;
     struct direction rd, wr;
-    ring *in, *out;
+    ring **in, **out;   /* the connection's ring fields: rings it may replace */
     size_t max_plain;
     uint64_t key_limit;
     int eof;            /* no more ciphertext will come */
@@ -175,7 +175,7 @@ static int next_secret(records *r, struct direction *d)
 
 records *records_new(int server, int suite, const unsigned char *read_secret,
                      const unsigned char *write_secret, size_t secret_len, uint64_t read_seq,
-                     uint64_t write_seq, ring *in, ring *out)
+                     uint64_t write_seq, ring **in, ring **out)
 {
     if (suite < RECORDS_AES_128_GCM || suite > RECORDS_CHACHA20_POLY1305 ||
         secret_len != suite_hash_len(suite) || in == NULL || out == NULL) {
@@ -359,7 +359,7 @@ static int aead_start(struct direction *d, const unsigned char hdr[HDR_LEN])
 static int seal(records *r, int type, const struct spans *src, size_t len, size_t pad)
 {
     size_t body = len + 1 + pad + TAG_LEN, total = HDR_LEN + body;
-    struct spans dst = ring_free(r->out);
+    struct spans dst = ring_free((*r->out));
     if (spans_len(&dst) < total)
         return 0;
     dst = spans_sub(&dst, 0, total);
@@ -390,7 +390,7 @@ static int seal(records *r, int type, const struct spans *src, size_t len, size_
         EVP_CIPHER_CTX_ctrl(d->ctx, EVP_CTRL_AEAD_GET_TAG, TAG_LEN, tag) != 1)
         return 0;
     spans_put(&dst, off, tag, TAG_LEN);
-    ring_commit(r->out, total); /* cannot fail: it fitted */
+    ring_commit((*r->out), total); /* cannot fail: it fitted */
     d->seq++;
     r->n.sealed++;
     return 1;
@@ -427,7 +427,7 @@ static int fatal(records *r, int alert, const char *fmt, ...)
 static int key_update(records *r, int request)
 {
     unsigned char msg[5] = {HS_KEY_UPDATE, 0, 0, 1, (unsigned char)(request ? 1 : 0)};
-    if (ring_writable(r->out) < HDR_LEN + sizeof msg + 1 + TAG_LEN)
+    if (ring_writable((*r->out)) < HDR_LEN + sizeof msg + 1 + TAG_LEN)
         return RECORDS_WANT_WRITE;
     if (!seal_bytes(r, CT_HANDSHAKE, msg, sizeof msg) || !next_secret(r, &r->wr) ||
         !set_keys(r, &r->wr, 1))
@@ -466,11 +466,11 @@ int records_flush(records *r)
  * room; 0 when the room is too small to be worth a record yet. */
 static size_t next_chunk(records *r, size_t left)
 {
-    size_t chunk = min_sz(left, r->max_plain), room = ring_writable(r->out);
+    size_t chunk = min_sz(left, r->max_plain), room = ring_writable((*r->out));
     if (room >= chunk + OVERHEAD)
         return chunk;
     /* A part, when the part is worth a record (a quarter of the ring). */
-    size_t worth = min_sz(chunk, ring_cap(r->out) / 4);
+    size_t worth = min_sz(chunk, ring_cap((*r->out)) / 4);
     return room >= worth + OVERHEAD && room > OVERHEAD ? room - OVERHEAD : 0;
 }
 
@@ -522,7 +522,7 @@ int records_seal_raw(records *r, int type, const unsigned char *data, size_t n, 
         return RECORDS_ERROR;
     if (n + 1 + pad + TAG_LEN > 0xffff)
         return RECORDS_ERROR; /* not a record: the caller's mistake, not fatal */
-    if (ring_writable(r->out) < n + pad + OVERHEAD)
+    if (ring_writable((*r->out)) < n + pad + OVERHEAD)
         return RECORDS_WANT_WRITE;
     struct spans src = {.v = {{.iov_base = (void *)data, .iov_len = n}}, .n = n > 0};
     if (!seal(r, type, &src, n, pad))
@@ -562,7 +562,9 @@ static int peer_key_update(records *r, const unsigned char *m, size_t len, int l
         return fatal(r, AL_ILLEGAL_PARAMETER, "KeyUpdate: bad request_update");
     if (!last) /* RFC 8446 5.1: aligned with a record boundary */
         return fatal(r, AL_UNEXPECTED_MESSAGE, "KeyUpdate not at the end of its record");
-    if (++r->updates_in_a_row > KEY_UPDATE_STORM)
+    /* Unasked-for updates with no data between them: a storm.  (An answer
+     * to our own request is not counted.) */
+    if (!r->asked_update && ++r->updates_in_a_row > KEY_UPDATE_STORM)
         return fatal(r, AL_UNEXPECTED_MESSAGE, "more than %d KeyUpdates without data",
                      KEY_UPDATE_STORM);
     if (!next_secret(r, &r->rd) || !set_keys(r, &r->rd, 0))
@@ -677,7 +679,7 @@ static unsigned char *spill_buffer(records *r)
  * a record of another type (handled), or a status. */
 static long open_one(records *r, const struct spans *dst_free)
 {
-    struct spans in = ring_readable(r->in);
+    struct spans in = ring_readable((*r->in));
     unsigned char hdr[HDR_LEN], tag[TAG_LEN];
     long body = complete_record(r, &in, hdr);
     if (body <= 0)
@@ -704,7 +706,7 @@ static long open_one(records *r, const struct spans *dst_free)
         ERR_clear_error();
         return fatal(r, AL_BAD_RECORD_MAC, "bad record mac");
     }
-    ring_consume(r->in, HDR_LEN + (size_t)body); /* cannot fail: it was there */
+    ring_consume((*r->in), HDR_LEN + (size_t)body); /* cannot fail: it was there */
     d->seq++;
     r->n.opened++;
     /* The inner type: the last non-zero byte; zeros after it are padding. */
@@ -786,13 +788,14 @@ static long read_end(records *r)
     if (!r->eof)
         return RECORDS_WANT_READ;
     r->read_status = RECORDS_EOF;
-    if (ring_empty(r->in)) {
+    if (ring_empty((*r->in))) {
         snprintf(r->error, sizeof r->error, "the transport ended without close_notify");
     } else { /* as OpenSSL: decode_error for a record cut short */
         snprintf(r->error, sizeof r->error,
                  "the transport ended without close_notify, inside a record");
         if (!r->close_sent && send_alert(r, 2, AL_DECODE_ERROR))
             r->alert_sent = AL_DECODE_ERROR;
+        r->dead = 1; /* a fatal alert ends the connection both ways */
     }
     return RECORDS_EOF;
 }
@@ -850,7 +853,7 @@ int records_has_pending(const records *r)
 {
     if (r->spill_len > 0)
         return 1;
-    struct spans in = ring_readable(r->in);
+    struct spans in = ring_readable((*r->in));
     if (spans_len(&in) < HDR_LEN)
         return 0;
     size_t len = (size_t)*spans_at(&in, 3) << 8 | *spans_at(&in, 4);
@@ -862,7 +865,7 @@ int records_close(records *r)
     if (r->dead)
         return RECORDS_ERROR;
     if (!r->close_sent) {
-        if (ring_writable(r->out) < HDR_LEN + 2 + 1 + TAG_LEN)
+        if (ring_writable((*r->out)) < HDR_LEN + 2 + 1 + TAG_LEN)
             return RECORDS_WANT_WRITE;
         if (!send_alert(r, 1, AL_CLOSE_NOTIFY))
             return fatal(r, AL_INTERNAL_ERROR, "sealing close_notify failed");
@@ -1016,7 +1019,7 @@ static int suite_of(const SSL *ssl)
     }
 }
 
-records *records_take_over(records_tap *t, SSL *ssl, ring *in, ring *out, char *why,
+records *records_take_over(records_tap *t, SSL *ssl, ring **in, ring **out, char *why,
                            size_t why_len)
 {
     records *r = NULL;

@@ -28,7 +28,8 @@
  *
  * Calls return a byte count >= 0 or an enum records_status (< 0).  After
  * RECORDS_ERROR the record layer is dead; records_error() says why.
- * The rings are borrowed: they must outlive the record layer.  One thread
+ * The rings are borrowed, by the address of the owner's pointer to each: the
+ * owner may replace a ring (free it while idle, make it again) between calls.  One thread
  * at a time runs a record layer (the rings' other sides may be elsewhere).
  */
 #ifndef WSSTLS_RECORDS_H
@@ -72,7 +73,7 @@ void records_tap_free(records_tap *t, SSL *ssl);
 /* After the handshake: the record layer over the ciphertext rings, or NULL
  * with why it cannot take over (then the connection stays on OpenSSL's
  * records).  Either way the tap is detached and its secrets wiped. */
-records *records_take_over(records_tap *t, SSL *ssl, ring *in, ring *out, char *why,
+records *records_take_over(records_tap *t, SSL *ssl, ring **in, ring **out, char *why,
                            size_t why_len);
 
 /* ------------------------------------------------------------ record layer */
@@ -83,7 +84,7 @@ records *records_take_over(records_tap *t, SSL *ssl, ring *in, ring *out, char *
  * (OpenSSL's error queue says why). */
 records *records_new(int server, int suite, const unsigned char *read_secret,
                      const unsigned char *write_secret, size_t secret_len, uint64_t read_seq,
-                     uint64_t write_seq, ring *in, ring *out);
+                     uint64_t write_seq, ring **in, ring **out);
 void records_free(records *r); /* wipes keys and secrets */
 
 /* Plaintext limit per record in both directions (512 .. 16384). */

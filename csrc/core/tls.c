@@ -1162,6 +1162,15 @@ static long read_ring_by(tls_conn *c, ring *plain, long (*read)(tls_conn *, void
 
 static long ossl_read_ring(tls_conn *c, ring *plain) { return read_ring_by(c, plain, ossl_read); }
 
+static int ossl_key_update(tls_conn *c, int request)
+{
+    clear_errors(c);
+    if (SSL_key_update(c->ssl, request ? SSL_KEY_UPDATE_REQUESTED : SSL_KEY_UPDATE_NOT_REQUESTED) != 1)
+        return ssl_status(c, 0);
+    int r = SSL_do_handshake(c->ssl); /* writes the message now */
+    return r == 1 ? 0 : ssl_status(c, r);
+}
+
 static const struct tls_record_ops openssl_records = {
     .name = "openssl",
     .read = ossl_read,
@@ -1170,6 +1179,7 @@ static const struct tls_record_ops openssl_records = {
     .pending = ossl_pending,
     .shutdown = ossl_shutdown,
     .handshake_done = nothing,
+    .key_update = ossl_key_update,
 };
 
 /* ------------------------------------ records: direct (records.h) */
@@ -1254,7 +1264,10 @@ static long direct_write(tls_conn *c, const void *buf, size_t n)
     return put == RECORDS_WANT_WRITE ? TLS_WANT_WRITE : put;
 }
 
-static int direct_pending(const tls_conn *c) { return records_has_pending(c->direct); }
+static int direct_pending(const tls_conn *c)
+{
+    return !c->parked && records_has_pending(c->direct); /* parked: nothing held */
+}
 
 static int direct_shutdown(tls_conn *c)
 {
@@ -1270,6 +1283,16 @@ static int direct_shutdown(tls_conn *c)
     }
 }
 
+static int direct_key_update(tls_conn *c, int request)
+{
+    int r = records_key_update(c->direct, request);
+    if (r < 0)
+        return direct_status(c, r);
+    if (direct_own_io(c) && c->io->pump_out(c) == TLS_ERROR)
+        return TLS_ERROR;
+    return 0;
+}
+
 static const struct tls_record_ops direct_records = {
     .name = "direct",
     .read = direct_read,
@@ -1278,6 +1301,7 @@ static const struct tls_record_ops direct_records = {
     .pending = direct_pending,
     .shutdown = direct_shutdown,
     .handshake_done = nothing,
+    .key_update = direct_key_update,
 };
 
 /* Before the hand-over: OpenSSL's records for the handshake, and at its
@@ -1287,7 +1311,7 @@ static const struct tls_record_ops direct_records = {
  * could leave OpenSSL holding application records). */
 static void hand_over(tls_conn *c)
 {
-    c->direct = records_take_over(c->tap, c->ssl, c->rx, c->tx, c->records_why,
+    c->direct = records_take_over(c->tap, c->ssl, &c->rx, &c->tx, c->records_why,
                                   sizeof c->records_why);
     c->tap = NULL; /* freed by records_take_over */
     c->rec = c->direct != NULL ? &direct_records : &openssl_records;
@@ -1331,6 +1355,12 @@ static int handover_shutdown(tls_conn *c)
     return c->rec->shutdown(c);
 }
 
+static int handover_key_update(tls_conn *c, int request)
+{
+    int s = handover_handshake(c);
+    return s < 0 ? s : c->rec->key_update(c, request);
+}
+
 static const struct tls_record_ops handover_records = {
     .name = "handover",
     .read = handover_read,
@@ -1339,6 +1369,7 @@ static const struct tls_record_ops handover_records = {
     .pending = ossl_pending,
     .shutdown = handover_shutdown,
     .handshake_done = hand_over,
+    .key_update = handover_key_update,
 };
 
 /* ------------------------------------ records: OpenSSL's, in ASYNC jobs */
@@ -1576,7 +1607,8 @@ int tls_park(tls_conn *c)
 {
     if (c->parked)
         return 1;
-    if (c->dead || c->read_status || c->rec != &openssl_records ||
+    int settled = c->rec == &openssl_records || c->rec == &direct_records; /* not handing over */
+    if (c->dead || c->read_status || !settled ||
         !SSL_is_init_finished(c->ssl) || c->io->pending_in(c) > 0 || c->io->pending_out(c) > 0 ||
         c->rec->pending(c) || !SSL_free_buffers(c->ssl))
         return 0;
@@ -1753,6 +1785,19 @@ long tls_write_ring(tls_conn *c, ring *plain, size_t n)
             break; /* backpressure */
     }
     return total;
+}
+
+int tls_key_update(tls_conn *c, int request)
+{
+    if (c->dead)
+        return TLS_ERROR;
+    if (awake(c) < 0)
+        return TLS_ERROR;
+    c->queue_checked = 0;
+    int status = c->rec->key_update(c, request);
+    if (flush_out(c) == TLS_ERROR)
+        return TLS_ERROR;
+    return status;
 }
 
 long tls_fill(tls_conn *c) { return awake(c) < 0 ? TLS_ERROR : c->io->fill(c); }

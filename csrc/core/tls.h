@@ -161,6 +161,9 @@ long tls_write(tls_conn *c, const void *buf, size_t n);
 /* Encrypt (and send) up to n readable bytes of a ring straight from its
  * memory, and consume what was accepted: bytes, or a status when none. */
 long tls_write_ring(tls_conn *c, ring *plain, size_t n);
+/* TLS 1.3: send a KeyUpdate (request: the peer must answer with its own)
+ * and use the next write key: 0, or a status. */
+int tls_key_update(tls_conn *c, int request);
 /* TLS_RING with a socket: one readv of everything available into the
  * incoming ring.  Bytes read, 0 when the ring is full, or a status
  * (TLS_WANT_READ when the socket had nothing, TLS_EOF, TLS_ERROR). */

@@ -94,6 +94,9 @@ struct tls_record_ops {
     /* SSL_do_handshake has just returned 1: the moment a record layer of
      * our own takes over (sets c->rec). */
     void (*handshake_done)(tls_conn *c);
+    /* TLS 1.3 KeyUpdate (request: ask the peer for one too), sent now when
+     * the transport can: 0, or a status. */
+    int (*key_update)(tls_conn *c, int request);
 };
 
 struct tls_conn {

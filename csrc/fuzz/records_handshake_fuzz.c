@@ -25,7 +25,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     ring *in = ring_create(4096, 0), *out = ring_create(1 << 16, 0);
     records *r = NULL;
     if (in && out)
-        r = records_new(server, suite, secret_a, secret_b, hash, 0, 0, in, out);
+        r = records_new(server, suite, secret_a, secret_b, hash, 0, 0, &in, &out);
     if (r != NULL) {
         size_t i = 1;
         while (i < size) {

@@ -75,8 +75,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     records *rx = NULL, *tx = NULL;
     if (!net || !back || !plain)
         goto out;
-    rx = records_new(server, suite, secret_a, secret_b, hash, 0, 0, net, back);
-    tx = records_new(!server, suite, secret_b, secret_a, hash, 0, 0, back, net);
+    rx = records_new(server, suite, secret_a, secret_b, hash, 0, 0, &net, &back);
+    tx = records_new(!server, suite, secret_b, secret_a, hash, 0, 0, &back, &net);
     if (!rx || !tx)
         goto out;
     if (data[0] & 16)

@@ -119,6 +119,7 @@ class ServerStats:
     bytes_echoed: int = 0
     cpu_s: float = 0.0  # user + system of the process (all its threads)
     ledger: dict[str, int] = field(default_factory=dict)  # summed over connections
+    records: dict[str, int] = field(default_factory=dict)  # closed TLS connections by record path
     loop: dict[str, int] = field(default_factory=dict)  # the C loop's counters
     # With the copy-counting shim preloaded: what the window between SIGUSR1
     # and SIGUSR2 counted, "kind:library" -> [calls, bytes] (see wsstls.measure.ledger).

@@ -550,6 +550,8 @@ class Server:
             except TLSError:
                 pass
             self.stats.add_ledger(conn.tls.ledger())
+            path = conn.tls.records  # "direct", "openssl", "handover" (no handshake)
+            self.stats.records[path] = self.stats.records.get(path, 0) + 1
             conn.tls.close()
         conn.sock.close()
         conn.plain.close()

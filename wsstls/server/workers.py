@@ -178,6 +178,8 @@ def _merge_stats(parts: list[dict[str, Any]]) -> ServerStats:
             total.ledger[k] = total.ledger.get(k, 0) + v
         for k, v in part.get("loop", {}).items():
             total.loop[k] = total.loop.get(k, 0) + v
+        for k, v in part.get("records", {}).items():
+            total.records[k] = total.records.get(k, 0) + v
     return total
 
 

@@ -132,7 +132,7 @@ static void handshake(struct end *c, struct end *s)
 static void take_over(struct end *e)
 {
     char why[128];
-    e->rec = records_take_over(e->tap, e->ssl, e->rx, e->tx, why, sizeof why);
+    e->rec = records_take_over(e->tap, e->ssl, &e->rx, &e->tx, why, sizeof why);
     e->tap = NULL;
     if (e->rec == NULL)
         fprintf(stderr, "take over: %s\n", why);
