@@ -524,3 +524,18 @@ def test_handover_waits_for_the_handshake_and_reports_it() -> None:
     assert s.read() == b"late"
     assert (c.records, s.records) == ("direct", "direct")
     assert isinstance(c, TLSConnection)
+
+
+def test_an_idle_direct_connection_parks_and_wakes() -> None:
+    c, s, up, down = sansio_session("ring", direct_server(), direct_client())
+    for i in range(3):
+        assert c.write(b"ping %d" % i) == 6
+        up.move()
+        assert s.read() == b"ping %d" % i
+        assert c.read() is None  # the tickets, read
+        assert s.park() and c.park()  # nothing in flight: the rings go
+        assert s.parked and not s.has_pending
+        assert s.write(b"pong %d" % i) == 6  # the rings come back, the keys stay
+        down.move()
+        assert c.read() == b"pong %d" % i
+    assert (c.records, s.records) == ("direct", "direct")
