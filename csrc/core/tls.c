@@ -1725,7 +1725,8 @@ long tls_read_ring(tls_conn *c, ring *plain)
         if (got > 0) {
             total += got;
             counter_add(&c->plain_in, (uint64_t)got);
-            if (c->io->drained(c) && !c->rec->pending(c))
+            /* The layer read all it could; only a pump may bring more. */
+            if (!c->pumped)
                 break;
             continue;
         }
