@@ -27,6 +27,9 @@ SIZES = (64, 1024, 16384)
 # one copy per side on every path is the 16-byte AEAD tag of the record.
 EXPECTED = {
     "wsstls ring": ({"libssl": 1, "libcrypto": 1}, {"libssl": 1, "libcrypto": 1}, 1, 1),
+    # wsstls's own records: the AEAD reads the caller's bytes and writes the ring (and
+    # back): the tag is the only copy in user space.
+    "wsstls direct": ({"libcrypto": 1}, {"libcrypto": 1}, 1, 1),
     "wsstls fd": ({"libssl": 1, "libcrypto": 1}, {"libssl": 1, "libcrypto": 1}, 1, 3),
     "wsstls mem": ({"libssl": 1, "libcrypto": 3}, {"libssl": 1, "libcrypto": 3}, 1, 2),
     "wsstls pair": ({"libssl": 1, "libcrypto": 3}, {"libssl": 1, "libcrypto": 3}, 1, 2),
@@ -48,7 +51,7 @@ EXPECTED = {
 
 @pytest.fixture(scope="module")
 def ledger() -> dict[tuple[str, int], dict]:
-    paths = "ring,fd,mem,pair,stdlib-socket,stdlib-memorybio,ring-no-readahead"
+    paths = "ring,direct,fd,mem,pair,stdlib-socket,stdlib-memorybio,ring-no-readahead"
     cmd = [sys.executable, "-m", "wsstls", "copies", "--json", "--messages", "20",
            "--sizes", ",".join(map(str, SIZES)), "--paths", paths]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
@@ -81,9 +84,21 @@ def test_copies_and_syscalls_per_message(ledger: dict, path: str, size: int) -> 
     assert _approx(got_recv, recv), r["receiver"]
     assert sum(_calls(r["sender"], "write").values()) == writes
     assert sum(_calls(r["receiver"], "read").values()) == reads
-    # The bytes: the payload copied once into a record and once out of one.
-    copied = r["sender"]["copy:libssl"]["bytes"] + r["receiver"]["copy:libssl"]["bytes"]
-    assert copied == 2 * size
+    # The bytes: the payload copied once into a record and once out of one (OpenSSL's
+    # records); none on the direct path.
+    copied = sum(r[side].get("copy:libssl", {}).get("bytes", 0) for side in ("sender", "receiver"))
+    assert copied == (0 if path == "wsstls direct" else 2 * size)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_direct_path_copies_no_payload_in_user_space(ledger: dict, size: int) -> None:
+    """Per message and side: one 16-byte copy (the AEAD tag), nothing else, no spill."""
+    r = ledger[("wsstls direct", size)]
+    for side in ("sender", "receiver"):
+        copies = {k: v for k, v in r[side].items() if k.startswith("copy:")}
+        assert copies == {"copy:libcrypto": {"calls": 1.0, "bytes": 16.0}}, copies
+    assert r["ledger"]["sender_spill_copies"] == r["ledger"]["receiver_spill_copies"] == 0
+    assert r["ledger"]["sender_ring_copies"] == r["ledger"]["receiver_ring_copies"] == 0
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -102,7 +117,9 @@ def test_ring_copies_no_more_than_fd_and_fewer_than_the_buffered_designs(
 
 
 @pytest.mark.parametrize("size", SIZES)
-@pytest.mark.parametrize("path", ["wsstls ring", "wsstls fd", "wsstls mem", "wsstls pair"])
+@pytest.mark.parametrize(
+    "path", ["wsstls ring", "wsstls direct", "wsstls fd", "wsstls mem", "wsstls pair"]
+)
 def test_own_counters_agree_with_the_interposed_counts(ledger: dict, path: str, size: int) -> None:
     r = ledger[(path, size)]
     own = r["ledger"]

@@ -4,6 +4,8 @@ Used by the copy ledger (wsstls.measure.ledger) and the TLS benchmark
 (bench/tls_bench.py) so both measure exactly the same code:
 
 ``ring``, ``mem``, ``pair``, ``fd``   wsstls TLSConnection over that transport;
+``direct``                            ``ring`` with wsstls's own TLS 1.3 records after the
+                                      handshake (``records="direct"``);
 ``ring-via-ring``                     ``ring`` with every byte through its rings (no
                                       direct readv/send: the design it replaces);
 ``ring-no-readahead``                 ``ring`` with OpenSSL's read-ahead off;
@@ -30,7 +32,7 @@ from ..tls import SelfSigned, TLSConnection, TLSContext
 
 __all__ = ["PATHS", "VARIANTS", "Path", "make_path"]
 
-PATHS = ("ring", "mem", "pair", "fd", "stdlib-socket", "stdlib-memorybio")
+PATHS = ("ring", "direct", "mem", "pair", "fd", "stdlib-socket", "stdlib-memorybio")
 #: Variants of the ring BIO's design (and fd's best case), measured beside it.
 VARIANTS = {
     "ring-via-ring": ("ring", {"via_ring": True}),
@@ -93,14 +95,20 @@ class Path:
 
 class _Wsstls(Path):
     def __init__(
-        self, name: str, transport: str, cert: SelfSigned, capacity: int, **options: bool
+        self,
+        name: str,
+        transport: str,
+        cert: SelfSigned,
+        capacity: int,
+        records: str = "openssl",
+        **options: bool,
     ) -> None:
         self.name = f"wsstls {name}"
         self.a, self.b = socket.socketpair()
         for s in (self.a, self.b):
             s.setblocking(False)
-        sctx = TLSContext(True, cert_pem=cert.cert_pem, key_pem=cert.key_pem)
-        cctx = TLSContext(False, cadata=cert.cert_pem)
+        sctx = TLSContext(True, cert_pem=cert.cert_pem, key_pem=cert.key_pem, records=records)
+        cctx = TLSContext(False, cadata=cert.cert_pem, records=records)
         self.server = sctx.connection(self.a, transport=transport, **options)
         self.client = cctx.connection(
             self.b, transport=transport, server_hostname="localhost", **options
@@ -110,6 +118,9 @@ class _Wsstls(Path):
         _handshake(
             lambda: self.client.do_handshake() & self.server.do_handshake(), [self.a, self.b]
         )
+        if records == "direct":  # the server's tickets, so that the path is settled
+            self.client.read_into(self.c_plain)
+            assert self.client.records == self.server.records == "direct"
 
     @staticmethod
     def _send(conn: TLSConnection, sock: socket.socket, data: bytes) -> None:
@@ -159,6 +170,9 @@ class _Wsstls(Path):
             "receiver_rx_syscalls": s.rx_syscalls,
             "receiver_ring_copies": s.ring_copies,
             "receiver_bio_copies": s.bio_copies,
+            # the direct path's plaintext kept back for want of room, then copied
+            "sender_spill_copies": self.client.records_counters()["spill_copies"],
+            "receiver_spill_copies": self.server.records_counters()["spill_copies"],
         }
 
     def reset_ledger(self) -> None:
@@ -348,4 +362,6 @@ def make_path(name: str, cert: SelfSigned, capacity: int = 65536) -> Path:
         return _Wsstls(name, transport, cert, capacity, **options)
     if name not in PATHS:
         raise ValueError(f"unknown path {name!r}; choose from {', '.join((*PATHS, *VARIANTS))}")
+    if name == "direct":
+        return _Wsstls(name, "ring", cert, capacity, records="direct")
     return _Wsstls(name, name, cert, capacity)
