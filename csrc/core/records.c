@@ -950,6 +950,8 @@ int records_has_pending(const records *r)
 {
     if (r->spill_len > 0)
         return 1;
+    if (*r->in == NULL) /* the owner gave the ring back: nothing in it */
+        return 0;
     struct spans in = ring_readable((*r->in));
     if (spans_len(&in) < HDR_LEN)
         return 0;

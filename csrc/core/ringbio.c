@@ -286,8 +286,10 @@ ssize_t ringbio_read_batch(BIO *b)
         return -EAGAIN;
     if (atomic_load_explicit(&s->eof, memory_order_acquire))
         return 0;
+    if (need(s, s->rxp) == NULL)
+        return -ENOBUFS;
     ssize_t got = ringbio_fill(b);
-    if (got == -EAGAIN || (got > 0 && ring_writable(s->rx) > 0))
+    if (got == -EAGAIN || (got > 0 && ring_writable(RX(s)) > 0))
         s->drained = 1; /* a stream socket that gave less than asked is empty */
     return got;
 }

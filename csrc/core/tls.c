@@ -1207,6 +1207,17 @@ static int direct_status(tls_conn *c, long status)
     }
 }
 
+/* The rings the direct layer works in: the ring transport may have none
+ * yet (lazy, with a socket both ways) or have given them back (parked).
+ * 0, or TLS_ERROR. */
+static int direct_rings(tls_conn *c)
+{
+    if ((c->rx == NULL && (c->rx = ring_create(c->ring_capacity, ring_flags(c))) == NULL) ||
+        (c->tx == NULL && (c->tx = ring_create(c->ring_capacity, ring_flags(c))) == NULL))
+        return tls_conn_fail(c, TLS_ERROR, "out of memory for the connection's rings");
+    return 0;
+}
+
 static int direct_own_io(const tls_conn *c)
 {
     return c->fd >= 0 && !c->pumped && !(c->flags & TLS_CALLER_IO);
@@ -1234,6 +1245,8 @@ static long direct_more(tls_conn *c)
  * retry (three tries: the read, the EOF, the status). */
 static long direct_open(tls_conn *c, ring *plain, void *buf, size_t n)
 {
+    if (direct_rings(c) < 0)
+        return TLS_ERROR;
     for (int tries = 0;; tries++) {
         long got = plain != NULL ? records_read_ring(c->direct, plain)
                                  : records_read(c->direct, buf, n);
@@ -1252,6 +1265,8 @@ static long direct_read_ring(tls_conn *c, ring *plain) { return direct_open(c, p
 
 static long direct_write(tls_conn *c, const void *buf, size_t n)
 {
+    if (direct_rings(c) < 0)
+        return TLS_ERROR;
     long put = records_write(c->direct, buf, n);
     if (put < 0 && put != RECORDS_WANT_WRITE)
         return direct_status(c, put);
@@ -1271,6 +1286,8 @@ static int direct_pending(const tls_conn *c)
 
 static int direct_shutdown(tls_conn *c)
 {
+    if (direct_rings(c) < 0)
+        return TLS_ERROR;
     for (int tries = 0;; tries++) {
         int r = records_close(c->direct);
         if (r >= 0 && direct_own_io(c) && !ring_empty(c->tx) && c->io->pump_out(c) == TLS_ERROR)
@@ -1285,6 +1302,8 @@ static int direct_shutdown(tls_conn *c)
 
 static int direct_key_update(tls_conn *c, int request)
 {
+    if (direct_rings(c) < 0)
+        return TLS_ERROR;
     int r = records_key_update(c->direct, request);
     if (r < 0)
         return direct_status(c, r);
