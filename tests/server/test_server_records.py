@@ -49,7 +49,7 @@ def test_websockets_client_over_direct_records(
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--records", "kernel"], "argument --records: invalid choice: 'kernel'"),
+        (["--records", "kernel"], "--records: invalid choice: 'kernel'"),
         (["--records", "direct", "--transport", "fd"], "it needs --transport ring"),
     ],
 )

@@ -32,7 +32,7 @@ from ..tls import SelfSigned, TLSConnection, TLSContext
 
 __all__ = ["PATHS", "VARIANTS", "Path", "make_path"]
 
-PATHS = ("ring", "direct", "mem", "pair", "fd", "stdlib-socket", "stdlib-memorybio")
+PATHS = ("ring", "mem", "pair", "fd", "direct", "stdlib-socket", "stdlib-memorybio")
 #: Variants of the ring BIO's design (and fd's best case), measured beside it.
 VARIANTS = {
     "ring-via-ring": ("ring", {"via_ring": True}),
