@@ -37,6 +37,15 @@ def _children(pid: int) -> set[int]:
         return {int(c) for c in f.read().split()}
 
 
+def _running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (its reaper may be slow)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
 def _wait_log(sp: ServerProcess, pattern: str, after: int = 0) -> tuple[re.Match[str], int]:
     """The first match of ``pattern`` in the server's stderr past offset ``after``."""
     deadline = time.monotonic() + WAIT_S
@@ -129,3 +138,24 @@ def test_worker_that_cannot_start_stops_the_server(tmp_path: Path) -> None:
     assert re.search(r"worker \d \(pid \d+\) exited with status 1 before listening: "
                      "stopping the server", run.stderr), run.stderr  # fmt: skip
     assert "RuntimeError: this worker cannot start" in run.stderr
+
+
+def test_workers_end_with_their_supervisor(tmp_path: Path) -> None:
+    """SIGKILL to the parent (no chance to pass anything on): the workers get SIGTERM
+    (PR_SET_PDEATHSIG), stop cleanly and say nothing."""
+    sp = ServerProcess(WORKERS2, tmp_path)
+    try:
+        sp.start()
+        assert sp.proc is not None
+        workers = _children(sp.proc.pid)
+        os.kill(sp.proc.pid, signal.SIGKILL)
+        sp.proc.wait(WAIT_S)
+        for _ in range(int(WAIT_S / 0.02)):
+            if not any(_running(pid) for pid in workers):
+                break
+            time.sleep(0.02)
+        else:
+            raise AssertionError(f"workers {workers} outlived their supervisor")
+        assert Path(sp.stderr_path).read_text() == ""
+    finally:
+        sp.cleanup()

@@ -17,6 +17,7 @@ as long as it runs), and supervises them:
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import json
 import os
@@ -275,12 +276,14 @@ class _Supervisor:
             sock = _listen(self.config, reuse_port=True)
 
             def listening(_url: str) -> None:
-                os.write(w, b"R")
+                with contextlib.suppress(BrokenPipeError):  # (the supervisor is gone)
+                    os.write(w, b"R")
 
             stats = _serve_one(self.config, self.context, sock, index, listening, self.on_server)
             doc = memoryview(json.dumps(asdict(stats)).encode())
-            while doc:
-                doc = doc[os.write(w, doc) :]
+            with contextlib.suppress(BrokenPipeError):  # the supervisor is gone: no one to tell
+                while doc:
+                    doc = doc[os.write(w, doc) :]
             code = EXIT_OK
         except (OSError, TLSError) as exc:
             _log(f"worker {index}: {exc}")
