@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from tlsutil import (
     HOST,
@@ -260,6 +260,14 @@ def test_s_client_key_updates(ca_file: Path, suite: str) -> None:
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
+@example(  # 1-byte reads of 120 KB: once more steps than the loop's bound
+    sides=("direct", "openssl"),
+    suite="TLS_AES_128_GCM_SHA256",
+    sizes=[32888, 0, 406, 328, 4564, 17179, 789, 1406, 3600, 12455, 37087],
+    chunks=[1, 1],
+    reads=[1, 1, 1, 1, 1, 1, 1, 1],
+    key_updates=set(),
+)
 @given(
     sides=st.sampled_from([("direct", "openssl"), ("openssl", "direct"), ("direct", "direct")]),
     suite=st.sampled_from(SUITES),
@@ -298,8 +306,10 @@ def test_equivalence_with_openssls_records(
             for _ in range(256):  # TCP-like pieces of the given sizes
                 if not link.move(take=chunks[step % len(chunks)]) and not link.backlog:
                     break
-            chunk = b.read(reads[step % len(reads)])
-            if chunk:
+            for _ in range(64):  # a reader that takes small pieces takes several
+                chunk = b.read(reads[step % len(reads)])
+                if not chunk:
+                    break
                 out += chunk
             back.move()  # KeyUpdate answers
             a.read(1)  # processes them (no data comes this way now)
