@@ -6,7 +6,10 @@
    inside the record layers' own calls (``SSL_write_ex`` + ``SSL_read_ex`` against
    ``records_write`` + ``records_read``).  Each figure is (I(N2) - I(N1)) / (N2 - N1): the
    handshake and first-call costs cancel out.
-2. Server CPU per 64 B echo (the bench's load generator, the server pinned to one CPU and
+2. Instructions per 64 B echo in the server's hot path (``wsecho_pump`` under callgrind,
+   whole: receive, decrypt, unmask, echo, encrypt, send) for ws, OpenSSL's records and
+   direct records: TLS's share without the machine's noise.
+3. Server CPU per 64 B echo (the bench's load generator, the server pinned to one CPU and
    the client to the others): ``serve --no-tls``, ``serve --records openssl``, ``serve
    --records direct``, and picows + aiofastnet when installed, in alternating rounds; TLS's
    share is (wss - ws) microseconds per message.  Wall-clock figures: on a busy machine
@@ -29,7 +32,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SUITES = ("TLS_AES_256_GCM_SHA384", "TLS_AES_128_GCM_SHA256", "TLS_CHACHA20_POLY1305_SHA256")
-CORE = ["core/tls.c", "core/ring.c", "core/ringbio.c", "core/records.c"]
+CORE = [
+    "core/tls.c",
+    "core/ring.c",
+    "core/ringbio.c",
+    "core/records.c",
+    "core/cryptopool.c",
+    "core/pipecipher.c",
+    "core/asyncjob.c",
+]  # tls.c and what it links
 #: What each callgrind run counts: the compound calls, or the record layers alone.
 COUNTED = {
     "tls_write + tls_read": {"openssl": ["tls_write", "tls_read"],
@@ -41,7 +52,7 @@ COUNTED = {
 
 def build(tmp: Path) -> Path:
     exe = tmp / "records_pair"
-    cmd = ["gcc", "-std=c11", "-O2", "-g", f"-I{ROOT / 'csrc'}",
+    cmd = ["gcc", "-std=c11", "-O2", "-g", "-pthread", f"-I{ROOT / 'csrc'}",
            str(ROOT / "bench" / "c" / "records_pair.c"), *(str(ROOT / "csrc" / c) for c in CORE),
            "-lssl", "-lcrypto", "-o", str(exe)]  # fmt: skip
     subprocess.run(cmd, check=True)
@@ -84,6 +95,52 @@ def callgrind_table(size: int) -> None:
                 print(f"  {suite:30} {what:22} {per['openssl']:9.0f} {per['direct']:9.0f}"
                       f" {ratio:14.2f}x")  # fmt: skip
     print()
+
+
+# ------------------------------------------------ server instructions per echo
+
+
+def server_instructions(duration: float) -> None:
+    """The echo server's hot path (``wsecho_pump``: receive, decrypt, echo, encrypt, send)
+    under callgrind, per 64 B echo: ws, OpenSSL's records, direct records."""
+    if shutil.which("valgrind") is None:
+        print("server instructions: skipped (needs valgrind)\n")
+        return
+    import json
+    import signal
+
+    from wsstls import loadgen
+
+    print("Server instructions per 64 B echo in its hot path (callgrind, wsecho_pump inclusive;"
+          " 10 connections)")  # fmt: skip
+    per: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as d:
+        for name, args in (("ws (no TLS)", ["--no-tls"]),
+                           ("wss, OpenSSL's records", ["--records", "openssl"]),
+                           ("wss, direct records", ["--records", "direct"])):  # fmt: skip
+            stats = Path(d, "stats.json")
+            cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={d}/cg",
+                   "--toggle-collect=wsecho_pump", sys.executable, "-m", "wsstls", "serve",
+                   *args, "--stats", str(stats)]  # fmt: skip
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                assert proc.stdout is not None
+                url = proc.stdout.readline().split()[-1]
+                loadgen.run(url, connections=10, size=64, duration=duration, warmup=0.5,
+                            records="direct", connect_timeout=60)  # fmt: skip
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                _, err = proc.communicate(timeout=120)
+            total = next(int(line.split(":")[-1].replace(",", "").strip())
+                         for line in err.splitlines() if "Collected :" in line)  # fmt: skip
+            doc = json.loads(stats.read_text())
+            messages = doc["messages_fast"] + doc["messages_slow"]
+            per[name] = total / messages
+            print(f"  {name:28} {per[name]:9.0f} instructions  ({messages} echoes)")
+    ws = per["ws (no TLS)"]
+    ossl, direct = per["wss, OpenSSL's records"] - ws, per["wss, direct records"] - ws
+    print(f"  TLS's share (wss - ws): OpenSSL's records {ossl:.0f}, direct {direct:.0f}"
+          f" = {direct / ossl:.2f}x\n")  # fmt: skip
 
 
 # ------------------------------------------------------------ server CPU
@@ -183,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
           f" {time.strftime('%Y-%m-%d')}\n")  # fmt: skip
     if not a.no_callgrind:
         callgrind_table(a.size)
+    if not a.no_callgrind:
+        server_instructions(a.duration)
     if not a.no_cpu:
         cpu_table(a.rounds, a.duration, a.conns)
     return 0

@@ -379,12 +379,24 @@ static unsigned char *spans_at(const struct spans *s, size_t i)
 /* Small fixed-size pieces (header, tag) in or out of spans, byte by byte. */
 static void spans_get(const struct spans *s, size_t off, unsigned char *dst, size_t n)
 {
+    if (s->n > 0 && off + n <= s->v[0].iov_len) { /* the usual case: no wrap */
+        const unsigned char *p = (const unsigned char *)s->v[0].iov_base + off;
+        for (size_t i = 0; i < n; i++)
+            dst[i] = p[i];
+        return;
+    }
     for (size_t i = 0; i < n; i++)
         dst[i] = *spans_at(s, off + i);
 }
 
 static void spans_put(const struct spans *s, size_t off, const unsigned char *src, size_t n)
 {
+    if (s->n > 0 && off + n <= s->v[0].iov_len) {
+        unsigned char *p = (unsigned char *)s->v[0].iov_base + off;
+        for (size_t i = 0; i < n; i++)
+            p[i] = src[i];
+        return;
+    }
     for (size_t i = 0; i < n; i++)
         *spans_at(s, off + i) = src[i];
 }
@@ -408,9 +420,13 @@ static int aead_update(const struct aead *a, void *ctx, const struct spans *in,
                        const struct spans *out)
 {
     int i = 0, o = 0;
-    size_t ioff = 0, ooff = 0;
+    size_t ioff = 0, ooff = 0, got;
+    if (in->n == 1 && out->n == 1) { /* the usual case: one span each */
+        size_t n = in->v[0].iov_len;
+        return a->update(ctx, out->v[0].iov_base, &got, n, in->v[0].iov_base, n) == 1 && got == n;
+    }
     while (i < in->n && o < out->n) {
-        size_t n = min_sz(in->v[i].iov_len - ioff, out->v[o].iov_len - ooff), got;
+        size_t n = min_sz(in->v[i].iov_len - ioff, out->v[o].iov_len - ooff);
         if (n > 0 && (a->update(ctx, (unsigned char *)out->v[o].iov_base + ooff, &got, n,
                                 (const unsigned char *)in->v[i].iov_base + ioff, n) != 1 ||
                       got != n))
