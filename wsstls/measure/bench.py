@@ -44,7 +44,7 @@ from typing import Any, NoReturn, Protocol
 
 from .. import loadgen
 from ..tls import self_signed
-from . import plot, report
+from . import cryptocost, plot, report
 from .cpuplan import CorePlan, parse_cpus, plan_for_this_machine
 from .runner import BenchError, Cell, CellKey, Runner
 from .servers import (
@@ -125,6 +125,7 @@ class Options:
     json: str | None
     plot: str | None
     quick: bool
+    crypto: str  # the pipelining/ASYNC table: "on", "off" or "sweep" (wsstls.measure.cryptocost)
     plan: CorePlan
     scaling: list[int]
     scaling_explicit: bool
@@ -251,6 +252,13 @@ def _parser() -> _Parser:
     p.add_argument("--json", metavar="FILE", help="write every figure (schema: README)")
     p.add_argument("--plot", metavar="FILE.png", help="draw the figures (needs matplotlib)")
     p.add_argument("--quick", action="store_true", help="a tiny run (smoke test)")
+    p.add_argument(
+        "--crypto",
+        choices=["auto", "on", "off", "sweep"],
+        default="auto",
+        help="the pipelining/ASYNC table and its cost model (sweep: 64 B to 1 MiB; "
+        "auto: on, but off with --quick)",
+    )
     return p
 
 
@@ -329,6 +337,7 @@ def parse(argv: list[str] | None = None) -> Options:
         json=a.json,
         plot=a.plot,
         quick=a.quick,
+        crypto=("off" if a.quick else "on") if a.crypto == "auto" else a.crypto,
         plan=plan,
         scaling=scaling,
         scaling_explicit=scaling_explicit,
@@ -366,6 +375,7 @@ class Outcome:
     peers: list[Cell] = field(default_factory=list)
     scaling: list[Cell] = field(default_factory=list)
     scaling_skipped: list[str] = field(default_factory=list)
+    crypto: dict[str, Any] = field(default_factory=dict)  # cryptocost.run()
 
 
 class Table(Protocol):
@@ -712,6 +722,10 @@ def _run(o: Options) -> int:
             failures += _python_peers(runner, o, out)
         if o.scaling:
             failures += _scaling(runner, o, out)
+        if o.crypto != "off":  # in this process, once the servers are stopped
+            _progress("pipelining and ASYNC jobs: costs, in-process echoes on 1 and 2 cores")
+            sizes = cryptocost.SWEEP if o.crypto == "sweep" else cryptocost.SIZES
+            out.crypto = cryptocost.run(sizes, repeat=1 if o.quick else 3)
 
     if failures:
         print("\n".join(["servers failed:", *failures]), file=sys.stderr)
@@ -719,6 +733,8 @@ def _run(o: Options) -> int:
         text = table.render(ctx, out)
         if text:
             print(text)
+    if out.crypto:
+        print(cryptocost.render(out.crypto))
     print(f"\n{report.legend()}")
     print(f"{time.monotonic() - started:.0f} s in all.")
     if o.json:
@@ -727,6 +743,7 @@ def _run(o: Options) -> int:
             "settings": _settings(o),
             "records": _records(ctx, out),
             "ledger": out.ledger,
+            "crypto": out.crypto,
         }
         Path(o.json).write_text(json.dumps(doc, indent=2))
         print(f"wrote {o.json}")
