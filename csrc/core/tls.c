@@ -1080,7 +1080,13 @@ static int ssl_status(tls_conn *c, int ret)
             async_conn_want(c->async);
         return TLS_WANT_ASYNC;
     case SSL_ERROR_ZERO_RETURN:
-        return tls_conn_fail(c, TLS_CLOSED, "the peer closed the TLS session");
+        /* SSL_OP_IGNORE_UNEXPECTED_EOF makes a bare end of the stream look
+         * like close_notify, and keeps the session usable for writing what
+         * is owed to the peer (the echoes of what it sent before its end);
+         * the alert callback tells the two apart. */
+        if (c->peer_closed)
+            return tls_conn_fail(c, TLS_CLOSED, "the peer closed the TLS session");
+        return tls_conn_fail(c, TLS_EOF, "the transport ended without close_notify");
     case SSL_ERROR_SYSCALL: {
         int err = c->io->last_errno(c);
         if (ERR_peek_error() == 0 && err == 0)
@@ -1537,6 +1543,25 @@ static const struct tls_transport_ops *const transports[] = {
     [TLS_FD] = &fd_transport,
 };
 
+/* The SSL object's connection, for its callbacks (an index of our own). */
+static int conn_index = -1;
+static CRYPTO_ONCE conn_index_once = CRYPTO_ONCE_STATIC_INIT;
+
+static void conn_index_init(void)
+{
+    conn_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+}
+
+/* Alerts read: the peer's close_notify marks a clean end (see ssl_status). */
+static void info_callback(const SSL *ssl, int where, int ret)
+{
+    if (!(where & SSL_CB_READ_ALERT) || (ret & 0xff) != SSL_AD_CLOSE_NOTIFY)
+        return;
+    tls_conn *c = SSL_get_ex_data(ssl, conn_index);
+    if (c != NULL)
+        c->peer_closed = 1;
+}
+
 static int set_hostname(SSL *ssl, const char *hostname)
 {
     if (hostname == NULL || *hostname == '\0')
@@ -1579,6 +1604,11 @@ tls_conn *tls_conn_new(SSL_CTX *ctx, int transport, int fd, size_t ring_capacity
     c->fd = fd;
     c->flags = flags;
     c->ring_capacity = ring_capacity;
+    if (!CRYPTO_THREAD_run_once(&conn_index_once, conn_index_init) || conn_index < 0 ||
+        !SSL_set_ex_data(c->ssl, conn_index, c))
+        goto fail;
+    SSL_set_info_callback(c->ssl, info_callback);
+    SSL_set_options(c->ssl, SSL_OP_IGNORE_UNEXPECTED_EOF);
     if (SSL_is_server(c->ssl))
         SSL_set_accept_state(c->ssl);
     else

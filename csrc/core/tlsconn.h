@@ -116,6 +116,8 @@ struct tls_conn {
     int read_status; /* sticky once the read side ended: CLOSED, EOF, ERROR */
     int dead;        /* TLS_ERROR seen: every call fails */
     int pumped_eof;  /* the pump read the end of the socket's stream */
+    int peer_closed; /* the peer's close_notify alert was read (the SSL's info
+                        callback is the connection's: tls.c) */
     int sys_errno;   /* a pump's failed socket call */
     int fd_errno;    /* TLS_FD: the socket BIO's last failed call */
     int parked;      /* tls_park: the buffers below and OpenSSL's are freed */

@@ -27,7 +27,6 @@
 #include "ringpool.h"
 
 #define MAX_EVENTS 1024
-#define HOT_REPEATS 64 /* pumps per event while the TLS layer still holds input */
 
 struct slot {
     tls_conn *c; /* NULL: plain ws:// (the wsecho state has the fd) */
@@ -36,7 +35,8 @@ struct slot {
     struct offload_job *job;
     uint32_t events; /* as registered with epoll */
     unsigned watched : 1, hot : 1, busy : 1, more : 1;
-    unsigned kicked : 1;    /* handed over with input in the TLS layer: serve it */
+    unsigned kicked : 1;    /* input waits in its TLS layer: serve it (hot) or report
+                               it (cold) at the next poll, as if readable */
     unsigned parked : 1;    /* its ring is back in the pool, its TLS buffers freed */
     unsigned keepalive : 1; /* the loop's ping and idle timers apply */
     unsigned expired : 1;   /* reported WSLOOP_EXPIRED: not again */
@@ -257,6 +257,14 @@ int wsloop_hot(wsloop *l, int fd, tls_conn *c, ring *plain, struct wsecho *st,
     return r;
 }
 
+int wsloop_kick(wsloop *l, int fd)
+{
+    struct slot *s = slot_of(l, fd);
+    if (s == NULL || !s->watched)
+        return -EINVAL;
+    return s->kicked ? 0 : kick(l, fd, s);
+}
+
 int wsloop_set_rings(wsloop *l, size_t capacity, size_t max_spare)
 {
     if (l->rings != NULL || l->nslots > 0)
@@ -333,19 +341,21 @@ static int settle(wsloop *l, struct slot *s, int status)
     return status;
 }
 
-/* The design's inline step: echo what is there, again while the TLS layer
- * holds input the socket will not signal.  0 or a status to report. */
-static int run_inline(wsloop *l, struct slot *s)
+/* The design's inline step: echo what is there.  A read stops at a full
+ * plaintext ring (and the TLS layer reads ahead): input it still holds,
+ * which the socket will not signal, is served at the next poll, after the
+ * other connections had their turn (kicked).  Nothing read: what is
+ * buffered is an incomplete record, which only the socket can complete.
+ * WSECHO_WAIT, or a status to report. */
+static int run_inline(wsloop *l, int fd, struct slot *s)
 {
-    for (int i = 0; i < HOT_REPEATS; i++) {
-        int r = settle(l, s, wsecho_pump(s->c, s->plain, s->st, WSECHO_READ | WSECHO_ECHO));
-        if (r != WSECHO_WAIT)
-            return r;
-        if (s->c == NULL || ring_writable(s->plain) == 0 || s->st->read_status <= 0 ||
-            !tls_has_pending(s->c))
-            return 0; /* (nothing read: what is buffered waits for the socket) */
-    }
-    return 0;
+    int r = settle(l, s, wsecho_pump(s->c, s->plain, s->st, WSECHO_READ | WSECHO_ECHO));
+    if (r != WSECHO_WAIT || s->c == NULL || s->kicked)
+        return r;
+    if (ring_writable(s->plain) > 0 && s->st->read_status > 0 && tls_has_pending(s->c) &&
+        kick(l, fd, s) != 0)
+        return ended(s, TLS_ERROR); /* no memory to remember it */
+    return WSECHO_WAIT;
 }
 
 static void queue_job(wsloop *l, struct slot *s)
@@ -387,7 +397,7 @@ static int serve(wsloop *l, int fd, struct slot *s)
     if (s->parked && unpark(l, s) != 0)
         return NO_RING;
     if (l->mode == WSLOOP_INLINE)
-        return run_inline(l, s);
+        return run_inline(l, fd, s);
     long got = tls_fill(s->c);
     if (s->busy) { /* the worker's result decides what comes next */
         s->more = 1;
@@ -400,7 +410,7 @@ static int serve(wsloop *l, int fd, struct slot *s)
     if (got == TLS_WANT_READ && !tls_has_pending(s->c))
         return 0;
     if (l->mode == WSLOOP_THRESHOLD && tls_pending_in(s->c) < l->threshold && got != TLS_EOF)
-        return run_inline(l, s);
+        return run_inline(l, fd, s);
     queue_job(l, s);
     return 0;
 }
@@ -456,8 +466,9 @@ static int report_cold(struct wsloop_event *out, int n, int fd, struct slot *s, 
     return report(out, n, fd, 0, echo);
 }
 
-/* Serve the kicked hot connections as if readable, once each, with the room
- * left in `out`; the others stay kicked for the next poll.  Entries of
+/* The kicked connections, once each, with the room left in `out` (the
+ * others stay kicked for the next poll): a hot one is served as if
+ * readable, a cold one reading input is reported readable.  Entries of
  * slots unwatched since are dropped. */
 static int serve_kicked(wsloop *l, struct wsloop_event *out, int n, int max)
 {
@@ -472,8 +483,11 @@ static int serve_kicked(wsloop *l, struct wsloop_event *out, int n, int max)
             continue;
         }
         s->kicked = 0;
-        if (!s->hot)
+        if (!s->hot) {
+            if (s->events & EPOLLIN)
+                n = report(out, n, fd, EPOLLIN, WSECHO_WAIT);
             continue;
+        }
         int r = serve(l, fd, s);
         if (r != WSECHO_WAIT)
             n = report_cold(out, n, fd, s, r);

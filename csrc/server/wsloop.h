@@ -107,6 +107,14 @@ int wsloop_unwatch(wsloop *l, int fd);
 int wsloop_hot(wsloop *l, int fd, tls_conn *c, ring *plain, struct wsecho *st,
                struct offload_job *job);
 
+/* fd's input waits in its TLS layer, where no readiness will signal it (a
+ * read stopped at a full plaintext ring, or input came while the connection
+ * was Python's): at the next poll, serve it if hot, else report it as a
+ * WSLOOP_READY event with EPOLLIN if it is watched for input.  The loop does
+ * the same by itself for its hot connections: it is the one place where
+ * "read again while TLS holds input" lives.  0 or -errno. */
+int wsloop_kick(wsloop *l, int fd);
+
 /* Plaintext rings from a pool of the loop's (see ringpool.h): up to
  * max_spare kept for reuse.  Once, before any fd is watched.  0 or -errno. */
 int wsloop_set_rings(wsloop *l, size_t capacity, size_t max_spare);

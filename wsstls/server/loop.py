@@ -25,6 +25,12 @@ Designs (``--mode``), all over the ``ring`` transport when offloading:
 Backpressure: a connection with output the kernel refused is not read
 until that output drains, so its memory stays bounded (rings plus at most
 one message assembled by the framer).
+
+A connection's life is a state table (``TRANSITIONS``): every change of its
+phase goes through ``Server._advance``, the one place that moves it, and
+what the connection waits for next (the C loop, input, output, nothing) is
+decided in one place too, ``Server._arm``, from its phase and its output.
+"Read again while TLS holds input" belongs to the C loop (``wsloop_kick``).
 """
 
 from __future__ import annotations
@@ -39,21 +45,60 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .._cdata import TLS_ENDS, EchoStatus, LoopReport
+from .._cdata import EchoStatus, LoopReport, TLSStatus
 from .._native import ffi, lib
 from ..ring import RingBuffer
-from ..tls import TLSConnection, TLSContext, TLSError
+from ..tls import TLSConnection, TLSContext, TLSEOFError, TLSError
 from ..ws import Message, ServerConnection, State
 from .config import Mode, ServerConfig, ServerStats, url
 
-__all__ = ["Server", "listen", "server_context"]
+__all__ = ["TRANSITIONS", "Cause", "Phase", "Server", "listen", "server_context"]
 
 
-class _Phase(enum.IntEnum):
-    TLS = 0
-    WS = 1
-    OPEN = 2
-    CLOSING = 3
+class Phase(enum.Enum):
+    """Where a connection is in its life."""
+
+    TLS = "TLS handshake"
+    WS = "WebSocket handshake"
+    OPEN = "open"  # echoing: the C fast path, the framer for the rest
+    ENDING = "input ended"  # echo what came before the end, then close once it is sent
+    CLOSING = "closing"  # the WebSocket is closed: send what is queued, then close
+    CLOSED = "closed"
+
+
+class Cause(enum.Enum):
+    """What moves a connection from one phase to the next."""
+
+    TLS_DONE = "the TLS handshake completed"
+    WS_DONE = "the WebSocket handshake completed"
+    WS_CLOSED = "the framer closed the WebSocket (close handshake, violation, refused request)"
+    INPUT_ENDED = "the peer's stream ended (TLS close_notify, or the end of the TCP stream)"
+    DONE = "nothing is left to echo or to send"
+    FAILED = "a TLS or socket error, or a bug (internal error)"
+    TIMEOUT = "the handshakes took longer than handshake_timeout"
+    SHUTDOWN = "the server stops (open connections get a 1001 close frame first)"
+
+
+_LIVE = [p for p in Phase if p is not Phase.CLOSED]
+
+#: Every move a connection can make: (phase, cause) -> the next phase.  Anything else is
+#: a bug, reported as an internal error that costs that connection only.
+TRANSITIONS: dict[tuple[Phase, Cause], Phase] = {
+    (Phase.TLS, Cause.TLS_DONE): Phase.WS,
+    (Phase.TLS, Cause.INPUT_ENDED): Phase.CLOSED,
+    (Phase.TLS, Cause.TIMEOUT): Phase.CLOSED,
+    (Phase.WS, Cause.WS_DONE): Phase.OPEN,
+    (Phase.WS, Cause.WS_CLOSED): Phase.CLOSING,  # a refused request: its HTTP error goes out
+    (Phase.WS, Cause.INPUT_ENDED): Phase.CLOSING,
+    (Phase.WS, Cause.TIMEOUT): Phase.CLOSED,
+    (Phase.OPEN, Cause.WS_CLOSED): Phase.CLOSING,
+    (Phase.OPEN, Cause.INPUT_ENDED): Phase.ENDING,
+    (Phase.ENDING, Cause.WS_CLOSED): Phase.CLOSING,  # a close frame among the last input
+    (Phase.ENDING, Cause.DONE): Phase.CLOSED,
+    (Phase.CLOSING, Cause.DONE): Phase.CLOSED,
+    **{(p, Cause.FAILED): Phase.CLOSED for p in _LIVE},
+    **{(p, Cause.SHUTDOWN): Phase.CLOSED for p in _LIVE},
+}
 
 
 _IN = select.EPOLLIN | select.EPOLLRDHUP
@@ -77,6 +122,7 @@ class _Conn:
         "phase",
         "plain",
         "plain_r",
+        "read_more",
         "sock",
         "tls",
         "ws",
@@ -94,10 +140,14 @@ class _Conn:
         self.echo.max_message = cfg.max_message
         self.echo.fd = self.fd
         self.job: Any = ffi.NULL
-        self.phase = _Phase.TLS if tls is not None else _Phase.WS
+        self.phase = Phase.TLS if tls is not None else Phase.WS  # then only _advance moves it
         self.out = bytearray()  # the framer's output the transport has not taken yet
+        # The C loop's registration, set by Server._arm (and a COLD report) only:
         self.events = -1  # watched epoll events; -1 before the first watch
         self.hot = False  # served by the C loop
+        # The last read brought bytes, so what TLS still holds may be whole records
+        # (a read that brought nothing leaves an incomplete one: only the socket helps).
+        self.read_more = False
         self.deadline = time.monotonic() + cfg.handshake_timeout
 
 
@@ -115,7 +165,8 @@ class Server:
     The loop itself is C (csrc/server/wsloop.c): it serves hot connections (open,
     between messages, nothing to send) without coming back here, and reports
     everything else - new connections, handshakes, frames for the framer,
-    backpressure, endings - as events that this class handles.
+    backpressure, endings - as events that this class handles: each event ends
+    in ``_arm``, and every change of phase goes through ``_advance``.
     """
 
     def __init__(
@@ -148,9 +199,24 @@ class Server:
             lib.offload_free(self.pool)
             raise OSError(ffi.errno, "cannot create the event loop")
         self._events = ffi.new("struct wsloop_event[]", 1024)
-        self._again: list[_Conn] = []  # input left in the TLS layer by a bounded read
         for fd in (self.listener.fileno(), self._wake_r):
             self._check(lib.wsloop_watch(self.loop, fd, select.EPOLLIN), "watch")
+        # What each phase does when its connection is readable.
+        self._readers: dict[Phase, Callable[[_Conn], None]] = {
+            Phase.TLS: self._tls_handshake,
+            Phase.WS: self._ws_handshake,
+            Phase.OPEN: self._read_open,
+            Phase.ENDING: self._ignore,  # its input has ended
+            Phase.CLOSING: self._drop_input,
+        }
+        # What happens on entering a phase.
+        self._entries: dict[Phase, Callable[[_Conn], None]] = {
+            Phase.WS: self._ws_handshake,  # the request may have come with the Finished
+            Phase.OPEN: self._consume,  # frames may have come right behind the request
+            Phase.ENDING: self._consume,
+            Phase.CLOSING: self._ignore,
+            Phase.CLOSED: self._close,
+        }
 
     @staticmethod
     def _check(result: int, what: str) -> None:
@@ -182,7 +248,7 @@ class Server:
         next_sweep = time.monotonic() + 1.0
         try:
             while self.running:
-                n = poll(loop, 0 if self._again else 1000, events, 1024)
+                n = poll(loop, 1000, events, 1024)
                 if n < 0:
                     raise OSError(-n, f"epoll: {os.strerror(-n)}")
                 for i in range(n):
@@ -190,16 +256,11 @@ class Server:
                     fd = e.fd
                     conn = conns.get(fd)
                     if conn is not None:
-                        try:
-                            self._event(conn, e.report, e.events, e.echo)
-                        except Exception:  # a bug must cost one connection, not all
-                            self._internal_error(conn)
+                        self._event(conn, e.report, e.events, e.echo)
                     elif fd == listen_fd:
                         self._accept()
                     elif fd == wake_fd:
                         self._drain_wake()
-                if self._again:
-                    self._resume()
                 now = time.monotonic()
                 if now >= next_sweep:
                     self._sweep(now)
@@ -208,20 +269,6 @@ class Server:
             self._shutdown()
         return self.stats
 
-    def _resume(self) -> None:
-        """Read again for the connections whose input the TLS layer still holds after
-        their bounded turn (the socket will not signal it), the others having had theirs."""
-        again, self._again = self._again, []
-        for conn in again:
-            if self.conns.get(conn.fd) is not conn or not self._input_buffered(conn):
-                continue
-            try:
-                self._read_open(conn)
-            except (TLSError, OSError):
-                self._close(conn)
-            except Exception:
-                self._internal_error(conn)
-
     def _drain_wake(self) -> None:
         while True:
             try:
@@ -229,16 +276,6 @@ class Server:
                     return
             except BlockingIOError:
                 return
-
-    def _internal_error(self, conn: _Conn) -> None:
-        import traceback
-
-        print(f"wsstls serve: internal error on fd {conn.fd}:", file=sys.stderr)
-        traceback.print_exc(file=sys.stderr)
-        try:
-            self._close(conn)
-        except Exception:
-            self.conns.pop(conn.fd, None)
 
     def _accept(self) -> None:
         for _ in range(256):
@@ -269,7 +306,7 @@ class Server:
                 conn.job.id = conn.fd
             self.conns[conn.fd] = conn
             self.stats.connections += 1
-            self._watch(conn, _IN)
+            self._arm(conn)
 
     _setup_logged = -60.0  # when a failed connection set-up was last logged
 
@@ -281,109 +318,177 @@ class Server:
             print(f"wsstls serve: cannot set up a connection, dropped it: {exc!r} "
                   "(said once a minute)", file=sys.stderr, flush=True)  # fmt: skip
 
-    # ------------------------------------------------------------- events
+    # ------------------------------------------------------- the state table
+
+    def _advance(self, conn: _Conn, cause: Cause) -> None:
+        """Move ``conn`` as TRANSITIONS says for ``cause``, then run the new phase's entry."""
+        try:
+            phase = TRANSITIONS[conn.phase, cause]
+        except KeyError:
+            raise RuntimeError(f"no transition from {conn.phase} on {cause}") from None
+        if phase is conn.phase:
+            return
+        conn.phase = phase
+        entry = self._entries.get(phase)
+        if entry is not None:
+            entry(conn)
 
     def _event(self, conn: _Conn, report: int, events: int, echo: int) -> None:
+        """One event of the C loop for ``conn``: act on it, then arm the connection."""
         try:
             if report == LoopReport.COLD:  # the C loop's hot path stopped: it is ours again
                 conn.hot = False
-                self._status(conn, echo, _READ | _ECHO)
-                if self._input_buffered(conn):
-                    self._read_open(conn)
-                return
-            if events & _OUT:
-                self._writable(conn)
-            if events & ~_OUT and conn.fd in self.conns:
-                self._readable(conn)
+                self._after_pump(conn, echo, read=True)
+            else:
+                if events & _OUT:
+                    self._writable(conn)
+                if events & ~_OUT and conn.phase is not Phase.CLOSED:
+                    self._readers[conn.phase](conn)
         except (TLSError, OSError):
-            self._close(conn)
+            if conn.phase is not Phase.CLOSED:
+                self._advance(conn, Cause.FAILED)
+        except Exception:  # a bug must cost one connection, not all
+            self._internal_error(conn)
+        else:
+            self._arm(conn)
 
-    def _readable(self, conn: _Conn) -> None:
-        if conn.phase is _Phase.OPEN:
-            self._read_open(conn)
-        elif conn.phase is _Phase.TLS:
-            self._tls_handshake(conn)
-        elif conn.phase is _Phase.WS:
-            self._ws_handshake(conn)
-        else:  # CLOSING: input is no longer wanted
-            self._drop_input(conn)
+    def _internal_error(self, conn: _Conn) -> None:
+        import traceback
+
+        print(f"wsstls serve: internal error on fd {conn.fd}:", file=sys.stderr)
+        traceback.print_exc(file=sys.stderr)
+        try:
+            if conn.phase is not Phase.CLOSED:
+                self._advance(conn, Cause.FAILED)
+        except Exception:
+            self.conns.pop(conn.fd, None)
+
+    def _arm(self, conn: _Conn) -> None:
+        """What the connection waits for next, the one place that decides it: output
+        to be sent (backpressure: no reading meanwhile), the C loop (open, between
+        messages), input; or, for a connection that is ending or closing with nothing
+        left to send, its close."""
+        phase = conn.phase
+        if phase is Phase.CLOSED:
+            return
+        if phase is Phase.ENDING:
+            self._consume(conn)  # what is left since the output last blocked
+            if conn.phase is not Phase.ENDING:
+                return
+        if self._output_pending(conn):
+            self._watch(conn, _OUT)
+        elif phase is Phase.ENDING or phase is Phase.CLOSING:
+            self._advance(conn, Cause.DONE)
+        elif phase is Phase.OPEN and self._fast(conn):
+            self._check(  # (it serves input TLS holds by itself)
+                lib.wsloop_hot(self.loop, conn.fd, conn.c, conn.plain_r, conn.echo, conn.job),
+                "hot",
+            )
+            conn.hot = True
+            conn.events = _IN
+            conn.read_more = False
+        else:
+            self._watch(conn, _IN)
+            if conn.read_more and self._input_buffered(conn):  # no readiness will signal it
+                self._check(lib.wsloop_kick(self.loop, conn.fd), "kick")
+            conn.read_more = False
+
+    def _watch(self, conn: _Conn, events: int) -> None:
+        if events != conn.events or conn.hot:
+            self._check(lib.wsloop_watch(self.loop, conn.fd, events), "watch")
+            conn.events = events
+            conn.hot = False
+
+    # -------------------------------------------------------------- input
+
+    def _ignore(self, conn: _Conn) -> None:
+        pass
+
+    def _fill(self, conn: _Conn) -> None:
+        """Offload designs: the socket into the TLS layer's incoming ring (this thread's
+        job while the connection is ours).  Its end is reported by the TLS read that
+        reaches it, after everything before it."""
+        if self.caller_io and conn.tls is not None:
+            try:
+                conn.tls.fill()
+            except TLSEOFError:
+                pass
 
     def _read_open(self, conn: _Conn) -> None:
-        """Read and echo here (the connection is not hot: the framer is mid-message,
-        or the fast path is off); again while the TLS layer holds input the socket
-        will not signal and the connection can take it."""
-        for _ in range(64):  # bounded: the socket is polled again after
-            if self.caller_io:
-                lib.tls_fill(conn.c)
-            got = self._pump(conn, _READ | _ECHO if self._fast(conn) else _READ)
-            if got <= 0 or not self._input_buffered(conn):
-                return  # (nothing read: what is buffered waits for the socket)
-        self._again.append(conn)  # resumed after the next poll
+        """OPEN and readable, not hot (the framer is mid-message, or the fast path is
+        off): receive once (up to a full ring), echo; _arm asks the C loop to come back
+        if TLS holds more."""
+        self._fill(conn)
+        flags = _READ | _ECHO if self._fast(conn) else _READ
+        self._after_pump(conn, self._pump(conn, flags), read=True)
 
     def _input_buffered(self, conn: _Conn) -> bool:
         """True when input already taken from the socket waits in the TLS layer (the
         socket will not signal it) and this connection, ours and open, can take it."""
         return (
-            conn.c != ffi.NULL
-            and conn.fd in self.conns
+            conn.tls is not None
+            and conn.phase is Phase.OPEN
             and not conn.hot
-            and conn.phase is _Phase.OPEN
             and not self._output_pending(conn)
             and conn.plain.writable > 0
-            and bool(lib.tls_has_pending(conn.c))
+            and conn.tls.has_pending
         )
 
     def _writable(self, conn: _Conn) -> None:
         self._flush(conn)
-        if conn.phase is _Phase.TLS and not self._output_pending(conn):
-            self._tls_handshake(conn)
-            return
-        if conn.echo.pending_len:  # an echo cut short by backpressure
-            self._pump(conn, _ECHO)
-            return
-        if conn.phase is _Phase.OPEN and len(conn.plain) and conn.ws.fast_path_ok:
-            self._pump(conn, _ECHO)  # frames left behind while output was blocked
-            return
-        self._rearm(conn)
+        if conn.phase is Phase.TLS:
+            if not self._output_pending(conn):
+                self._tls_handshake(conn)
+        elif conn.echo.pending_len:  # an echo cut short by backpressure
+            self._after_pump(conn, self._pump(conn, _ECHO))
+        elif conn.phase is Phase.OPEN:
+            self._consume(conn)  # frames left behind while output was blocked
+
+    def _drop_input(self, conn: _Conn) -> None:
+        """CLOSING: input is no longer wanted."""
+        try:
+            if conn.tls is not None:
+                self._fill(conn)
+                if conn.tls.read_into(conn.plain) is not None:
+                    conn.plain.reset()
+            else:
+                conn.plain.reset()
+                conn.plain.recv_from(conn.sock)
+        except (BlockingIOError, BufferError, TLSEOFError):
+            pass
 
     # -------------------------------------------------------- handshakes
 
     def _tls_handshake(self, conn: _Conn) -> None:
         tls = conn.tls
         assert tls is not None
-        if self.caller_io:
-            lib.tls_fill(conn.c)
+        self._fill(conn)
         done = tls.do_handshake()
         if self.caller_io:
             tls.flush()
         if done:
-            conn.phase = _Phase.WS
-            self._ws_handshake(conn)
-        else:
-            self._rearm(conn)
+            self._advance(conn, Cause.TLS_DONE)
 
     def _read_plain(self, conn: _Conn) -> int | None:
-        """Handshake-time read into the plaintext ring: bytes, None (nothing), 0 (EOF)."""
+        """Handshake-time read into the plaintext ring: bytes, None (nothing), 0 (the end)."""
         if conn.tls is None:
             try:
                 return conn.plain.recv_from(conn.sock)
             except (BlockingIOError, BufferError):
                 return None
-        if self.caller_io:
-            lib.tls_fill(conn.c)
-        return conn.tls.read_into(conn.plain)
+        self._fill(conn)
+        try:
+            return conn.tls.read_into(conn.plain)
+        except TLSEOFError:
+            return 0
 
     def _ws_handshake(self, conn: _Conn) -> None:
-        if self._read_plain(conn) == 0:
-            self._close(conn)
-            return
+        got = self._read_plain(conn)
         self._framer(conn)
-        if conn.phase is _Phase.WS and conn.ws.state is State.OPEN:
-            conn.phase = _Phase.OPEN
-            if len(conn.plain):  # frames sent right behind the request
-                self._framer(conn)
-        if conn.fd in self.conns:
-            self._rearm(conn)
+        if conn.phase is Phase.WS and conn.ws.state is State.OPEN:
+            self._advance(conn, Cause.WS_DONE)
+        if got == 0 and (conn.phase is Phase.WS or conn.phase is Phase.OPEN):
+            self._advance(conn, Cause.INPUT_ENDED)
 
     # ------------------------------------------------------- the echo path
 
@@ -391,69 +496,69 @@ class Server:
         return self.cfg.fast_path and not conn.out and conn.ws.fast_path_ok
 
     def _pump(self, conn: _Conn, flags: int) -> int:
-        """One wsecho_pump, acted on; returns what its read brought (<= 0: nothing)."""
-        status = _pump(conn.c, conn.plain_r, conn.echo, flags)
-        got: int = conn.echo.read_status
+        """One wsecho_pump: receive (READ) and echo plain frames (ECHO); its status."""
+        status: int = _pump(conn.c, conn.plain_r, conn.echo, flags)
         if self.caller_io:
             conn.tls.flush()  # type: ignore[union-attr]
-        self._status(conn, status, flags)
-        return got
+        return status
 
-    def _status(self, conn: _Conn, status: int, flags: int) -> None:
-        """Act on a wsecho_pump result (the connection is cold: it is ours)."""
-        if status == EchoStatus.WAIT:
-            if not flags & _ECHO and len(conn.plain):
-                self._framer(conn)
-        elif status == EchoStatus.SLOW:
-            ended = conn.echo.read_status in TLS_ENDS  # (read first: the framer's pumps reset it)
-            self._framer(conn)
-            if ended and conn.phase is _Phase.OPEN and conn.fd in self.conns:
-                self._close(conn)  # no more input: the frame the framer waits on never completes
-                return
-        elif status == EchoStatus.BAD_UTF8:
+    def _after_pump(self, conn: _Conn, status: int, read: bool = False) -> None:
+        """Act on how a pump (here or in the C loop; ``read``: one that received) ended."""
+        ended = conn.echo.ended  # how the read ended, if it did (the next pump resets it)
+        if read:
+            conn.read_more = conn.echo.read_status > 0
+        if ended == TLSStatus.ERROR:
+            self._advance(conn, Cause.FAILED)
+            return
+        if status == EchoStatus.BAD_UTF8:
             conn.plain.reset()  # the frame is garbage now; nothing after it is read
             conn.ws.fail(1007, "invalid UTF-8 in a text message")
             self._send(conn, conn.ws.data_to_send())
-            conn.phase = _Phase.CLOSING
-        elif status == EchoStatus.ENDED:  # the peer closed (close_notify, EOF) or it broke
-            self._close(conn)
+            self._advance(conn, Cause.WS_CLOSED)
             return
-        if conn.fd not in self.conns:
-            return
-        if self._output_pending(conn):
-            self._flush(conn)
-        self._rearm(conn)  # hot again, or wait to write, or close once drained
+        if status == EchoStatus.SLOW or status == EchoStatus.WAIT:
+            self._consume(conn)  # the framer's turn (a frame it takes, or no fast path)
+        if ended and conn.phase is Phase.OPEN:
+            self._advance(conn, Cause.INPUT_ENDED)
 
-    def _framer(self, conn: _Conn) -> None:
-        """Run the sans-IO framer over the ring's readable bytes; echo its messages."""
+    def _consume(self, conn: _Conn) -> None:
+        """Echo the complete frames in the plaintext ring, plain ones by the C fast path,
+        the others by the framer, until an incomplete frame is left, output waits, or
+        the connection is no longer OPEN or ENDING."""
+        plain = conn.plain
+        while (conn.phase is Phase.OPEN or conn.phase is Phase.ENDING) and len(plain):
+            if self._output_pending(conn):
+                return  # backpressure: the rest when the output has drained
+            if self._fast(conn):
+                status = self._pump(conn, _ECHO)
+                if status != EchoStatus.SLOW:  # all echoed, or blocked, or failed
+                    if status != EchoStatus.WAIT and status != EchoStatus.BLOCKED:
+                        self._after_pump(conn, status)
+                    return
+            if self._framer(conn) == 0:
+                return  # an incomplete frame the framer waits on
+
+    def _framer(self, conn: _Conn) -> int:
+        """One pass of the sans-IO framer over the ring's readable bytes: echo its
+        messages, send its replies.  Returns the bytes it consumed."""
         ws, plain = conn.ws, conn.plain
-        while True:
-            views = plain.readable_views()  # mirrored: at most one
-            if not views:
-                return
-            n = ws.receive_data(views[0])
-            for event in ws.events():
-                if type(event) is Message:
-                    ws.send_message(event.opcode, event.data)
-                    self.stats.messages_slow += 1
-                    self.stats.bytes_echoed += len(event.data)
-            del views
-            plain.consume(n)
-            out = ws.data_to_send()
-            if out:
-                self._send(conn, out)
-            if ws.state is State.CLOSED:
-                conn.phase = _Phase.CLOSING
-                return
-            if conn.phase is not _Phase.OPEN or not self._fast(conn) or not len(plain) or n == 0:
-                return  # (n == 0: an incomplete frame the framer waits on; it is not plain)
-            # Between messages again with bytes left: the fast path takes them.
-            status = _pump(conn.c, conn.plain_r, conn.echo, _ECHO)
-            if status != EchoStatus.SLOW:
-                if self.caller_io:
-                    conn.tls.flush()  # type: ignore[union-attr]
-                self._status(conn, status, _ECHO)
-                return
+        views = plain.readable_views()  # mirrored: at most one
+        if not views:
+            return 0
+        n = ws.receive_data(views[0])
+        for event in ws.events():
+            if type(event) is Message:
+                ws.send_message(event.opcode, event.data)
+                self.stats.messages_slow += 1
+                self.stats.bytes_echoed += len(event.data)
+        del views
+        plain.consume(n)
+        out = ws.data_to_send()
+        if out:
+            self._send(conn, out)
+        if ws.state is State.CLOSED:
+            self._advance(conn, Cause.WS_CLOSED)
+        return n
 
     # -------------------------------------------------------------- output
 
@@ -490,56 +595,14 @@ class Server:
             conn.out or conn.echo.pending_len or (conn.tls is not None and conn.tls.pending_out)
         )
 
-    def _watch(self, conn: _Conn, events: int) -> None:
-        if events != conn.events or conn.hot:
-            self._check(lib.wsloop_watch(self.loop, conn.fd, events), "watch")
-            conn.events = events
-            conn.hot = False
-
-    def _rearm(self, conn: _Conn) -> None:
-        """Hand the connection to the C loop when it can go alone; else read unless
-        output is waiting (backpressure), write when it is; close a CLOSING one once
-        its output is out."""
-        if conn.fd not in self.conns:
-            return
-        if self._output_pending(conn):
-            self._watch(conn, _OUT)
-            return
-        if conn.phase is _Phase.CLOSING:
-            self._close(conn)
-        elif conn.phase is _Phase.OPEN and self._fast(conn):
-            self._check(
-                lib.wsloop_hot(self.loop, conn.fd, conn.c, conn.plain_r, conn.echo, conn.job),
-                "hot",
-            )
-            conn.hot = True
-            conn.events = _IN
-        else:
-            resumed = conn.hot or conn.events != _IN  # reading again after a pause
-            self._watch(conn, _IN)
-            if resumed and self._input_buffered(conn):
-                self._again.append(conn)  # input taken before the pause: no event will come
-
-    def _drop_input(self, conn: _Conn) -> None:
-        try:
-            if conn.tls is not None:
-                if self.caller_io:
-                    lib.tls_fill(conn.c)
-                if conn.tls.read_into(conn.plain) is not None:
-                    conn.plain.reset()
-            else:
-                conn.plain.reset()
-                if conn.plain.recv_from(conn.sock) == 0:
-                    self._close(conn)
-        except (BlockingIOError, BufferError):
-            pass
-
     # ------------------------------------------------------------ endings
 
     def _close(self, conn: _Conn) -> None:
+        """Entering CLOSED: close_notify (best effort), free everything."""
         if self.conns.pop(conn.fd, None) is None:
             return
         lib.wsloop_unwatch(self.loop, conn.fd)  # cold connections are never busy
+        conn.hot = False
         self.stats.messages_fast += conn.echo.messages
         self.stats.bytes_echoed += conn.echo.bytes
         if conn.tls is not None:
@@ -558,23 +621,22 @@ class Server:
 
     def _sweep(self, now: float) -> None:
         for conn in list(self.conns.values()):
-            if conn.phase < _Phase.OPEN and now > conn.deadline:
-                self._close(conn)  # handshake timeout
+            if (conn.phase is Phase.TLS or conn.phase is Phase.WS) and now > conn.deadline:
+                self._advance(conn, Cause.TIMEOUT)
 
     def _shutdown(self) -> None:
         """Close every connection with 1001 (going away), then free the loop and pool."""
         if self.pool != ffi.NULL:
             lib.wsloop_drain(self.loop, 5000)  # every job back: all connections cold
         for conn in list(self.conns.values()):
-            conn.hot = False
-            if conn.phase is _Phase.OPEN:
+            if conn.phase is Phase.OPEN:
                 try:
                     conn.ws.send_close(1001, "server shutting down")
                     self._send(conn, conn.ws.data_to_send())
                     self._flush(conn)
                 except (TLSError, OSError):
                     pass
-            self._close(conn)
+            self._advance(conn, Cause.SHUTDOWN)
         counters = ffi.new("struct wsloop_counters *")
         lib.wsloop_get_counters(self.loop, counters)
         self.stats.loop = {k: getattr(counters, k) for k in ("polls", "hot_events", "reported",
