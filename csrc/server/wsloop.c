@@ -60,6 +60,7 @@ struct wsloop {
     int *kicked;    /* fds of slots with `kicked` set (and stale ones) */
     size_t nkicked, kicked_cap;
     ringpool *rings; /* NULL: Python gives the plaintext rings */
+    ring *shared;    /* with rings, inline: where a parked connection's input is read */
     int park_ms, ping_ms, idle_ms;
     int64_t now;       /* ms, CLOCK_MONOTONIC_COARSE, as of the last poll */
     int64_t next_scan; /* ms */
@@ -67,7 +68,7 @@ struct wsloop {
     size_t nparked;
     struct offload_job *done[MAX_EVENTS];
     struct epoll_event ev[MAX_EVENTS];
-    counter polls, hot_events, reported, dispatches, jobs, parks, unparks, pings, scans;
+    counter polls, hot_events, reported, dispatches, jobs, parks, unparks, pings, scans, wakes;
 };
 
 static int64_t now_ms(void)
@@ -122,6 +123,7 @@ void wsloop_free(wsloop *l)
             ringpool_put(l->rings, l->slots[fd].plain);
         ringpool_free(l->rings);
     }
+    ring_destroy(l->shared);
     free(l->slots);
     free(l->batch);
     free(l->kicked);
@@ -271,6 +273,12 @@ int wsloop_set_rings(wsloop *l, size_t capacity, size_t max_spare)
         return -EINVAL;
     if ((l->rings = ringpool_new(capacity, RING_MIRRORED, max_spare)) == NULL)
         return -errno;
+    if (l->mode == WSLOOP_INLINE && (l->shared = ring_create(capacity, RING_MIRRORED)) == NULL) {
+        int err = errno;
+        ringpool_free(l->rings);
+        l->rings = NULL;
+        return -err;
+    }
     return 0;
 }
 
@@ -390,10 +398,45 @@ static void submit_batch(wsloop *l)
 
 #define NO_RING (-1) /* serve(): a parked connection's input came, and no ring */
 
+/* A parked connection's input, in the inline design: read and echoed in the
+ * loop's shared ring.  When that leaves nothing in flight (a keepalive's pong,
+ * a sparse small message) the connection stays parked, its TLS buffers freed
+ * again; else it takes a ring of its own with what the shared one holds (one
+ * copy, once). */
+static int serve_parked(wsloop *l, int fd, struct slot *s)
+{
+    ring *shared = l->shared;
+    s->plain = shared;
+    int r = run_inline(l, fd, s);
+    if (r == WSECHO_WAIT && !s->kicked && ring_empty(shared) && s->st->text_done == 0 &&
+        !output_pending(s) && (s->c == NULL || tls_park(s->c))) {
+        s->plain = NULL;
+        counter_add(&l->wakes, 1);
+        return WSECHO_WAIT;
+    }
+    ring *own = ringpool_get(l->rings);
+    if (own == NULL) {
+        ring_reset(shared); /* the connection is lost: its bytes with it */
+        s->plain = NULL;
+        return NO_RING;
+    }
+    size_t n;
+    const void *held = ring_peek_region(shared, &n); /* mirrored: every readable byte */
+    ring_write(own, held, n); /* all of it: the same capacity, and own is empty */
+    ring_reset(shared);
+    s->plain = own;
+    s->parked = 0;
+    l->nparked--;
+    counter_add(&l->unparks, 1);
+    return r;
+}
+
 /* Readiness of a hot connection: WSECHO_WAIT handled, else a status to
  * report (or NO_RING). */
 static int serve(wsloop *l, int fd, struct slot *s)
 {
+    if (s->parked && l->shared != NULL)
+        return serve_parked(l, fd, s);
     if (s->parked && unpark(l, s) != 0)
         return NO_RING;
     if (l->mode == WSLOOP_INLINE)
@@ -668,6 +711,7 @@ void wsloop_get_counters(wsloop *l, struct wsloop_counters *out)
     out->unparks = counter_get(&l->unparks);
     out->pings = counter_get(&l->pings);
     out->scans = counter_get(&l->scans);
+    out->wakes = counter_get(&l->wakes);
     out->parked = l->nparked;
     struct ringpool_counters rc = {0};
     if (l->rings != NULL)

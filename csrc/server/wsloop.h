@@ -23,8 +23,11 @@
  * owns each connection's plaintext ring (wsloop_plain hands it to Python).
  * A hot connection that had no event for `park_ms` and has nothing in
  * flight is parked: its plaintext ring goes back to the pool and its TLS
- * buffers are freed (tls_park); its next event takes them again.  So an idle
- * connection costs no ring and no record buffer, whatever else is busy.
+ * buffers are freed (tls_park); its next event takes them again.  In the
+ * inline design that input is first read into one ring the loop shares:
+ * when it leaves nothing in flight (a keepalive's pong, a sparse small
+ * message), the connection stays parked.  So an idle connection costs no
+ * ring and no record buffer, whatever else is busy.
  *
  * Timers: every watched fd has the time of its last event (input, or room
  * to write: progress either way).  A connection under keepalive
@@ -85,6 +88,8 @@ struct wsloop_counters {
     uint64_t unparks;     /* parked connections woken by an event */
     uint64_t pings;       /* keepalive pings the loop sent itself */
     uint64_t scans;       /* timer scans */
+    uint64_t wakes;       /* parked connections' input served in the shared ring (inline):
+                             they stayed parked */
     uint64_t parked;      /* connections parked now */
     uint64_t rings_out;   /* plaintext rings held by connections now */
     uint64_t rings_spare; /* plaintext rings kept for the next taker */

@@ -100,9 +100,16 @@ def test_idle_connection_parks_and_wakes(pair: tuple[socket.socket, socket.socke
     loop.poll_until("parked", lambda _: loop.counters().parked == 1)
     c = loop.counters()
     assert c.rings_out == 0 and c.rings_spare >= 1 and c.parks == 1
-    echo_once(loop, client, b"second")  # its input takes a ring again
+    echo_once(loop, client, b"second")  # echoed from the loop's shared ring: still parked
     c = loop.counters()
-    assert c.unparks == 1 and c.parked == 0 and c.rings_out == 1
+    assert c.wakes == 1 and c.unparks == 0 and c.parked == 1 and c.rings_out == 0
+    # Half a frame: bytes in flight, so it takes a ring of its own, with them in it.
+    frame = bytes(encode_frame(Opcode.BINARY, b"y" * 3000, mask_key=KEY))
+    client.sendall(frame[:1000])
+    loop.poll_until("woken", lambda _: loop.counters().unparks == 1)
+    c = loop.counters()
+    assert c.parked == 0 and c.rings_out == 1
+    echo_once(loop, client, b"y" * 3000, sent=1000)
     # the ring Python asks for is the connection's own, taken back if parked
     loop.poll_until("parked again", lambda _: loop.counters().parked == 1)
     assert lib.wsloop_plain(loop.l, server.fileno()) != ffi.NULL
@@ -182,7 +189,8 @@ def test_tls_keepalive_ping_from_the_loop_and_parking() -> None:
         assert got[:2] == b"\x89\x00"
         client.conn.write(bytes(encode_frame(Opcode.PONG, b"", mask_key=KEY)))
         loop.poll_until("pong consumed", lambda _: st.pongs == 1)
-        assert loop.counters().unparks == 1
+        c = loop.counters()
+        assert c.wakes == 1 and c.unparks == 0 and c.parked == 1 and server.conn.parked
     finally:
         close_all(client.sock, server.sock)
 
