@@ -146,13 +146,25 @@ class RingBuffer:
                 raise MemoryError(f"cannot allocate a ring of {capacity} bytes")
             kind = "mirrored ring (memfd_create + mmap)" if mirrored else "ring"
             raise OSError(err, f"cannot create a {kind} of {capacity} bytes: {os.strerror(err)}")
-        self._r = ffi.gc(raw, _destroy)
-        offset = lib.ring_data_offset(raw)
+        self._init(ffi.gc(raw, _destroy), mirrored)
+
+    @classmethod
+    def _wrap(cls, raw: Any) -> RingBuffer:
+        """A wrapper of a ring that C owns (the server loop's pool): ``close()`` and the
+        wrapper's end leave the ring alone, and its memory is valid only as long as its
+        owner keeps it (views must not outlive that)."""
+        self = cls.__new__(cls)
+        self._init(raw, bool(lib.ring_mirrored(raw)))
+        return self
+
+    def _init(self, r: Any, mirrored: bool) -> None:
+        self._r = r
+        offset = lib.ring_data_offset(r)
         # ffi.buffer keeps self._r's cdata alive: so does every slice of _mem.
-        self._mem: memoryview | None = memoryview(
-            ffi.buffer(self._r, offset + lib.ring_data_span(raw))
-        )[offset:]
-        self._cap: int = lib.ring_cap(raw)
+        self._mem: memoryview | None = memoryview(ffi.buffer(r, offset + lib.ring_data_span(r)))[
+            offset:
+        ]
+        self._cap: int = lib.ring_cap(r)
         self._mirrored = mirrored
         self._stage = ffi.new("char[]", min(STAGE_SIZE, self._cap))
         self._staged = ffi.buffer(self._stage)  # slicing it makes bytes: one copy

@@ -52,6 +52,20 @@ def parse(argv: list[str] | None = None) -> tuple[ServerConfig, str | None]:
                    lo_open=True, unit="seconds"), default=10.0, metavar="SECONDS")  # fmt: skip
     p.add_argument("--no-fast-path", dest="fast_path", action="store_false",
                    help="every frame through the Python framer")  # fmt: skip
+    p.add_argument("--memory-budget", type=size(*_limit("memory_budget")),
+                   default=256 * 1024 * 1024, metavar="BYTES",
+                   help="assembled messages and queued output, per process; a message "
+                   "beyond it is refused with close code 1013 (default 256M)")  # fmt: skip
+    p.add_argument("--ping-interval", type=number(*_limit("ping_interval"), unit="seconds"),
+                   default=20.0, metavar="SECONDS",
+                   help="ping a connection silent this long (default 20; 0: never)")  # fmt: skip
+    p.add_argument("--idle-timeout", type=number(*_limit("idle_timeout"), unit="seconds"),
+                   default=60.0, metavar="SECONDS",
+                   help="close a connection silent this long (default 60; 0: never)")  # fmt: skip
+    p.add_argument("--park-after", type=number(*_limit("park_after"), unit="seconds"),
+                   default=1.0, metavar="SECONDS",
+                   help="give an idle connection's ring and TLS buffers back after this "
+                   "long (default 1; 0: never)")  # fmt: skip
     p.add_argument("--stats", type=output_file, metavar="FILE",
                    help="write counters as JSON on exit")  # fmt: skip
     a = p.parse_args(argv)
@@ -63,6 +77,8 @@ def parse(argv: list[str] | None = None) -> tuple[ServerConfig, str | None]:
             offload_threshold=a.offload_threshold, workers=a.workers, cpus=a.cpus,
             max_message=a.max_message, ring_capacity=a.ring_capacity,
             handshake_timeout=a.handshake_timeout, fast_path=a.fast_path,
+            memory_budget=a.memory_budget, ping_interval=a.ping_interval,
+            idle_timeout=a.idle_timeout, park_after=a.park_after,
         )  # fmt: skip
         cfg.check()
     except ValueError as exc:

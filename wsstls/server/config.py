@@ -23,7 +23,13 @@ LIMITS: dict[str, tuple[float, float]] = {
     "ring_capacity": (4096, 2**30),  # one page (mirrored) to TLSConnection's largest ring
     "handshake_timeout": (0, 3600),  # seconds, above 0
     "backlog": (1, 65535),
+    "memory_budget": (1, 2**40),  # bytes, per process
+    "ping_interval": (0, 86400),  # seconds, 0: off
+    "idle_timeout": (0, 86400),  # seconds, 0: off
+    "park_after": (0, 86400),  # seconds, 0: never
 }
+#: Settings in seconds (floats); the others are ints.  handshake_timeout must be above 0.
+SECONDS = ("handshake_timeout", "ping_interval", "idle_timeout", "park_after")
 
 
 class Mode(str, enum.Enum):
@@ -54,17 +60,30 @@ class ServerConfig:
     handshake_timeout: float = 10.0
     fast_path: bool = True
     backlog: int = 1024
+    # Memory (per process): assembled messages and queued output together; a
+    # message that would take more is refused with close code 1013.
+    memory_budget: int = 256 * 1024 * 1024
+    # Seconds without an event (input, or output progress) before an open
+    # connection is pinged / closed; 0 turns either off.
+    ping_interval: float = 20.0
+    idle_timeout: float = 60.0
+    # Seconds without an event before an idle connection's rings and TLS
+    # buffers are given back (parked); 0 keeps them (no idle pool).
+    park_after: float = 1.0
 
     def check(self) -> None:
         """Raise ValueError for a setting out of its range (``LIMITS``) or settings that
         cannot work together; TypeError for a wrong type."""
         for name, (lo, hi) in LIMITS.items():
             value = getattr(self, name)
-            if name == "handshake_timeout":
+            if name in SECONDS:
                 if isinstance(value, bool) or not isinstance(value, int | float):
                     raise TypeError(f"{name} must be a number, not {type(value).__name__}")
-                if not (math.isfinite(value) and lo < value <= hi):
-                    raise ValueError(f"{name} must be above {lo} and at most {hi} seconds, "
+                above = name == "handshake_timeout"
+                low_ok = lo < value if above else lo <= value
+                if not (math.isfinite(value) and low_ok and value <= hi):
+                    raise ValueError(f"{name} must be {'above' if above else 'from'} {lo} "
+                                     f"{'and at most' if above else 'to'} {hi} seconds, "
                                      f"got {value!r}")  # fmt: skip
             elif isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"{name} must be an int, not {type(value).__name__}")
@@ -86,6 +105,11 @@ class ServerConfig:
         if self.records == "direct" and self.tls and self.transport is not Transport.RING:
             raise ValueError(
                 "--records direct seals records in the rings: it needs --transport ring"
+            )
+        if self.ping_interval and self.idle_timeout and self.ping_interval >= self.idle_timeout:
+            raise ValueError(
+                f"--ping-interval ({self.ping_interval:g} s) must be below --idle-timeout "
+                f"({self.idle_timeout:g} s): a live peer's pong could not come in time"
             )
         if (self.certfile is None) != (self.keyfile is None):
             raise ValueError("give both --cert and --key, or neither")
@@ -118,6 +142,10 @@ class ServerStats:
     messages_slow: int = 0  # echoed by the Python framer
     bytes_echoed: int = 0
     cpu_s: float = 0.0  # user + system of the process (all its threads)
+    pings: int = 0  # keepalive pings sent by Python (the C loop's are in loop["pings"])
+    expired: int = 0  # connections closed for a handshake deadline or idle_timeout
+    refused_memory: int = 0  # messages refused with 1013 (budget spent, or no ring)
+    trims: int = 0  # heap trims (malloc_trim)
     ledger: dict[str, int] = field(default_factory=dict)  # summed over connections
     records: dict[str, int] = field(default_factory=dict)  # closed TLS connections by record path
     loop: dict[str, int] = field(default_factory=dict)  # the C loop's counters

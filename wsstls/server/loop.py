@@ -26,6 +26,17 @@ Backpressure: a connection with output the kernel refused is not read
 until that output drains, so its memory stays bounded (rings plus at most
 one message assembled by the framer).
 
+Memory: what can grow with a peer's input - a message assembled by the
+framer (charged as its frame headers declare it) and output queued beyond the
+rings - is charged to one budget per process (``memory_budget``); a message
+that would take more than is left is refused with close code 1013 (Try Again
+Later), and the connection only.  The C loop parks idle connections (their
+plaintext ring back to its pool, their TLS buffers freed), pings and times
+out silent ones, and this class drops an idle connection's framer, so an idle
+connection costs its SSL object and a few hundred bytes of Python.  Freed heap
+memory goes back to the kernel (``heap_tune``: fixed mmap threshold;
+``heap_trim`` after closes and parks).
+
 A connection's life is a state table (``TRANSITIONS``): every change of its
 phase goes through ``Server._advance``, the one place that moves it, and
 what the connection waits for next (the C loop, input, output, nothing) is
@@ -49,7 +60,7 @@ from .._cdata import EchoStatus, LoopReport, TLSStatus
 from .._native import ffi, lib
 from ..ring import RingBuffer
 from ..tls import TLSConnection, TLSContext, TLSEOFError, TLSError
-from ..ws import Message, ServerConnection, State
+from ..ws import CloseCode, Connection, Message, ServerConnection, Side, State
 from .config import Mode, ServerConfig, ServerStats, url
 
 __all__ = ["TRANSITIONS", "Cause", "Phase", "Server", "listen", "server_context"]
@@ -75,7 +86,8 @@ class Cause(enum.Enum):
     INPUT_ENDED = "the peer's stream ended (TLS close_notify, or the end of the TCP stream)"
     DONE = "nothing is left to echo or to send"
     FAILED = "a TLS or socket error, or a bug (internal error)"
-    TIMEOUT = "the handshakes took longer than handshake_timeout"
+    TIMEOUT = "the handshakes took longer than handshake_timeout, or idle_timeout passed"
+    NO_MEMORY = "no plaintext ring could be had for it (its input is lost)"
     SHUTDOWN = "the server stops (open connections get a 1001 close frame first)"
 
 
@@ -93,6 +105,10 @@ TRANSITIONS: dict[tuple[Phase, Cause], Phase] = {
     (Phase.WS, Cause.TIMEOUT): Phase.CLOSED,
     (Phase.OPEN, Cause.WS_CLOSED): Phase.CLOSING,
     (Phase.OPEN, Cause.INPUT_ENDED): Phase.ENDING,
+    # Silent for idle_timeout: closed at once (a close frame first, best effort), as a
+    # peer that neither sends nor reads would never take a closing connection's output.
+    **{(p, Cause.TIMEOUT): Phase.CLOSED for p in (Phase.OPEN, Phase.ENDING, Phase.CLOSING)},
+    **{(p, Cause.NO_MEMORY): Phase.CLOSED for p in _LIVE},
     (Phase.ENDING, Cause.WS_CLOSED): Phase.CLOSING,  # a close frame among the last input
     (Phase.ENDING, Cause.DONE): Phase.CLOSED,
     (Phase.CLOSING, Cause.DONE): Phase.CLOSED,
@@ -108,34 +124,45 @@ _pump = lib.wsecho_pump
 
 
 class _Conn:
-    """One client: its socket, TLS session, plaintext ring and framer."""
+    """One client: its socket, TLS session, plaintext ring and framer.
+
+    The plaintext ring is the C loop's (``wsloop_plain``) and the framer is made
+    again when needed: while the loop serves the connection (hot) this object
+    holds neither, so an idle connection costs little here."""
 
     __slots__ = (
+        "_plain",
+        "_ws",
         "c",
-        "deadline",
+        "charged",
         "echo",
         "events",
         "fd",
         "hot",
+        "in_place",
         "job",
+        "loop",
+        "max_message",
         "out",
         "phase",
-        "plain",
-        "plain_r",
         "read_more",
         "sock",
         "tls",
-        "ws",
     )
 
-    def __init__(self, sock: socket.socket, tls: TLSConnection | None, cfg: ServerConfig) -> None:
+    def __init__(
+        self, sock: socket.socket, tls: TLSConnection | None, cfg: ServerConfig, loop: Any, cap: int
+    ) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.tls = tls
         self.c = ffi.NULL if tls is None else tls._c
-        self.plain = RingBuffer(cfg.ring_capacity, mirrored=True)
-        self.plain_r = self.plain._r
-        self.ws = ServerConnection(max_size=cfg.max_message, in_place_limit=self.plain.capacity)
+        self.loop = loop
+        self.max_message = cfg.max_message
+        self.in_place = cap  # the plaintext rings' capacity
+        self._plain: RingBuffer | None = None
+        self._ws: Connection | None = ServerConnection(max_size=cfg.max_message, in_place_limit=cap)
+        self.charged = 0  # bytes of the memory budget this connection holds
         self.echo = ffi.new("struct wsecho *")
         self.echo.max_message = cfg.max_message
         self.echo.fd = self.fd
@@ -148,7 +175,72 @@ class _Conn:
         # The last read brought bytes, so what TLS still holds may be whole records
         # (a read that brought nothing leaves an incomplete one: only the socket helps).
         self.read_more = False
-        self.deadline = time.monotonic() + cfg.handshake_timeout
+
+    @property
+    def plain(self) -> RingBuffer:
+        """The plaintext ring (the loop's; taken back from its pool if the connection
+        was parked).  Only while the connection is cold."""
+        p = self._plain
+        if p is None:
+            raw = lib.wsloop_plain(self.loop, self.fd)
+            if raw == ffi.NULL:
+                raise MemoryError("no plaintext ring could be had for the connection")
+            p = self._plain = RingBuffer._wrap(raw)
+        return p
+
+    @property
+    def plain_r(self) -> Any:
+        return self.plain._r
+
+    @property
+    def ws(self) -> Connection:
+        """The framer; an open connection's is made again, between messages, if it was
+        dropped while the loop served the connection."""
+        w = self._ws
+        if w is None:
+            w = self._ws = Connection(
+                Side.SERVER, max_size=self.max_message, in_place_limit=self.in_place
+            )
+        return w
+
+    def drop_ring(self) -> None:
+        """Forget the ring's wrapper (closed: a stale reference raises, it cannot read a
+        ring the loop has parked or given to another connection)."""
+        if self._plain is not None:
+            self._plain.close()
+            self._plain = None
+
+    def handed_over(self) -> None:
+        """The C loop serves the connection now: its ring may be parked and swapped, and
+        the framer, between messages, holds nothing a new one would not."""
+        self.drop_ring()
+        if self._ws is not None and self._ws.fast_path_ok:
+            self._ws = None
+
+
+#: Plaintext rings the loop keeps for reuse beyond those in use.
+RING_SPARES = 64
+#: Heap trims: after this many closes and newly parked connections at least, once per
+#: sweep (1 s) at most (each walks the heap's free blocks: not for a trickle of them).
+TRIM_AFTER = 64
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+def _heap_policy() -> str:
+    """WSSTLS_HEAP: ``both`` (default), ``tune`` (fixed thresholds only), ``trim``
+    (malloc_trim only) or ``none``; for measuring what each does (bench/memory.py)."""
+    policy = os.environ.get("WSSTLS_HEAP", "both")
+    if policy not in ("both", "tune", "trim", "none"):
+        raise ValueError(f"WSSTLS_HEAP must be both, tune, trim or none, got {policy!r}")
+    if policy in ("both", "tune"):
+        # Blocks of 128 KiB and more get their own mapping, always: a 16 MiB
+        # message's buffer goes back to the kernel when freed, and does not
+        # raise glibc's dynamic threshold so that later ones stay in the heap.
+        lib.heap_tune(128 * 1024, 128 * 1024)
+    return policy
 
 
 _LOOP_MODE = {
@@ -198,6 +290,25 @@ class Server:
         if self.loop == ffi.NULL:
             lib.offload_free(self.pool)
             raise OSError(ffi.errno, "cannot create the event loop")
+        self._check(lib.wsloop_set_rings(self.loop, config.ring_capacity, RING_SPARES), "rings")
+        self._check(
+            lib.wsloop_set_timers(
+                self.loop,
+                _ms(config.park_after),
+                _ms(config.ping_interval),
+                _ms(config.idle_timeout),
+            ),
+            "timers",
+        )
+        self.keepalive = bool(config.ping_interval or config.idle_timeout)
+        self.handshake_ms = max(1, _ms(config.handshake_timeout))
+        # as the pool rounds it: a power of two, at least a page (mirrored)
+        page = os.sysconf("SC_PAGESIZE")
+        self.ring_capacity = max(1 << (config.ring_capacity - 1).bit_length(), page)
+        self.mem_used = 0  # of config.memory_budget: assembled messages, queued output
+        self.heap = _heap_policy()
+        self._freed = 0  # connections closed since the last heap trim
+        self._parked_at_trim = 0
         self._events = ffi.new("struct wsloop_event[]", 1024)
         for fd in (self.listener.fileno(), self._wake_r):
             self._check(lib.wsloop_watch(self.loop, fd, select.EPOLLIN), "watch")
@@ -212,7 +323,7 @@ class Server:
         # What happens on entering a phase.
         self._entries: dict[Phase, Callable[[_Conn], None]] = {
             Phase.WS: self._ws_handshake,  # the request may have come with the Finished
-            Phase.OPEN: self._consume,  # frames may have come right behind the request
+            Phase.OPEN: self._opened,  # frames may have come right behind the request
             Phase.ENDING: self._consume,
             Phase.CLOSING: self._ignore,
             Phase.CLOSED: self._close,
@@ -295,18 +406,20 @@ class Server:
                     tls = self.context.connection(
                         sock, transport=self.cfg.transport, caller_io=self.caller_io
                     )
-                conn = _Conn(sock, tls, self.cfg)
+                conn = _Conn(sock, tls, self.cfg, self.loop, self.ring_capacity)
             except (OSError, MemoryError, TLSError) as exc:
                 sock.close()
                 self._setup_failed(exc)
                 continue
             if self.caller_io:
-                conn.job = ffi.new("struct offload_job *")
-                conn.job.tls, conn.job.plain, conn.job.echo = conn.c, conn.plain_r, conn.echo
+                conn.job = ffi.new("struct offload_job *")  # (the loop sets its ring)
+                conn.job.tls, conn.job.echo = conn.c, conn.echo
                 conn.job.id = conn.fd
             self.conns[conn.fd] = conn
             self.stats.connections += 1
             self._arm(conn)
+            # the handshakes' deadline: reported as WSLOOP_EXPIRED
+            self._check(lib.wsloop_timers(self.loop, conn.fd, self.handshake_ms, 0), "timers")
 
     _setup_logged = -60.0  # when a failed connection set-up was last logged
 
@@ -339,6 +452,9 @@ class Server:
             if report == LoopReport.COLD:  # the C loop's hot path stopped: it is ours again
                 conn.hot = False
                 self._after_pump(conn, echo, read=True)
+            elif report != LoopReport.READY:  # a timer, or the ring pool: it is ours again
+                conn.hot = False
+                self._timer(conn, report)
             else:
                 if events & _OUT:
                     self._writable(conn)
@@ -351,6 +467,26 @@ class Server:
             self._internal_error(conn)
         else:
             self._arm(conn)
+
+    def _timer(self, conn: _Conn, report: int) -> None:
+        """A keepalive ping is due; or the connection timed out (a handshake's deadline,
+        idle_timeout); or a parked one's input came and no ring could be had for it."""
+        if report == LoopReport.PING:
+            if conn.phase is Phase.OPEN:
+                conn.ws.send_ping()
+                self._send(conn, conn.ws.data_to_send())
+                self.stats.pings += 1
+            return
+        if report == LoopReport.EXPIRED:
+            self.stats.expired += 1
+            code, reason, cause = CloseCode.GOING_AWAY, "idle timeout", Cause.TIMEOUT
+        else:
+            self.stats.refused_memory += 1
+            code, reason, cause = CloseCode.TRY_AGAIN_LATER, "out of memory", Cause.NO_MEMORY
+        if conn.phase is Phase.OPEN:  # say why, best effort: the peer may be gone
+            conn.ws.send_close(code, reason)
+            self._send(conn, conn.ws.data_to_send())
+        self._advance(conn, cause)
 
     def _internal_error(self, conn: _Conn) -> None:
         import traceback
@@ -380,13 +516,15 @@ class Server:
         elif phase is Phase.ENDING or phase is Phase.CLOSING:
             self._advance(conn, Cause.DONE)
         elif phase is Phase.OPEN and self._fast(conn):
-            self._check(  # (it serves input TLS holds by itself)
-                lib.wsloop_hot(self.loop, conn.fd, conn.c, conn.plain_r, conn.echo, conn.job),
-                "hot",
+            # (it serves input TLS holds by itself; its ring is the loop's own, NULL here:
+            # the loop may park it and give it another)
+            self._check(
+                lib.wsloop_hot(self.loop, conn.fd, conn.c, ffi.NULL, conn.echo, conn.job), "hot"
             )
             conn.hot = True
             conn.events = _IN
             conn.read_more = False
+            conn.handed_over()
         else:
             self._watch(conn, _IN)
             if conn.read_more and self._input_buffered(conn):  # no readiness will signal it
@@ -403,6 +541,12 @@ class Server:
 
     def _ignore(self, conn: _Conn) -> None:
         pass
+
+    def _opened(self, conn: _Conn) -> None:
+        """Entering OPEN: keepalive instead of the handshakes' deadline; then the frames
+        that may have come right behind the request."""
+        self._check(lib.wsloop_timers(self.loop, conn.fd, 0, self.keepalive), "timers")
+        self._consume(conn)
 
     def _fill(self, conn: _Conn) -> None:
         """Offload designs: the socket into the TLS layer's incoming ring (this thread's
@@ -546,36 +690,60 @@ class Server:
         if not views:
             return 0
         n = ws.receive_data(views[0])
+        if ws.assembling > conn.charged and not self._charge(conn, refuse=True):
+            # The budget is spent by others' messages: this one is refused, not the
+            # server (1009 is for a message over --max-message, whatever the load).
+            ws.fail(CloseCode.TRY_AGAIN_LATER, "server memory budget spent, try again later")
+            self.stats.refused_memory += 1
         for event in ws.events():
             if type(event) is Message:
-                ws.send_message(event.opcode, event.data)
+                size = len(event.data)
+                ws.send_message(event.opcode, event.data, take=True)  # assembled: no copy
                 self.stats.messages_slow += 1
-                self.stats.bytes_echoed += len(event.data)
+                self.stats.bytes_echoed += size
         del views
         plain.consume(n)
         out = ws.data_to_send()
         if out:
             self._send(conn, out)
+        self._charge(conn)
         if ws.state is State.CLOSED:
             self._advance(conn, Cause.WS_CLOSED)
         return n
 
     # -------------------------------------------------------------- output
 
-    def _send(self, conn: _Conn, data: bytes | bytearray) -> None:
-        """The framer's output: to the transport, the rest kept in order."""
+    def _send(self, conn: _Conn, data: bytearray) -> None:
+        """The framer's output (ours: data_to_send gives it away): to the transport, the
+        rest kept in order, in the same buffer."""
         if conn.out:
             conn.out += data
             return
         sent = self._transmit(conn, data)
         if sent < len(data):
-            conn.out = bytearray(memoryview(data)[sent:])
+            del data[:sent]  # (CPython moves the start: no copy)
+            conn.out = data
+
+    def _charge(self, conn: _Conn, refuse: bool = False) -> bool:
+        """Charge the budget with what the connection holds that can grow: its message
+        being assembled (as declared so far) and its queued output.  ``refuse``: False,
+        charging nothing, when that has grown past what the budget has left."""
+        ws = conn._ws
+        need = (ws.assembling if ws is not None else 0) + (conn.out.__sizeof__() if conn.out else 0)
+        delta = need - conn.charged
+        if refuse and delta > 0 and self.mem_used + delta > self.cfg.memory_budget:
+            return False
+        self.mem_used += delta
+        conn.charged = need
+        return True
 
     def _flush(self, conn: _Conn) -> None:
         if conn.tls is not None:
             conn.tls.flush()
         if conn.out:
             del conn.out[: self._transmit(conn, conn.out)]
+            if conn.charged:
+                self._charge(conn)
 
     def _transmit(self, conn: _Conn, data: bytes | bytearray) -> int:
         """Hand bytes to the socket or TLS (and, offloading, on to the socket): the count taken."""
@@ -601,8 +769,14 @@ class Server:
         """Entering CLOSED: close_notify (best effort), free everything."""
         if self.conns.pop(conn.fd, None) is None:
             return
-        lib.wsloop_unwatch(self.loop, conn.fd)  # cold connections are never busy
+        lib.wsloop_unwatch(self.loop, conn.fd)  # cold connections are never busy; (ring back)
         conn.hot = False
+        conn.drop_ring()
+        conn._ws = None  # its buffers go now, whoever still holds the connection
+        conn.out = bytearray()
+        self.mem_used -= conn.charged
+        conn.charged = 0
+        self._freed += 1
         self.stats.messages_fast += conn.echo.messages
         self.stats.bytes_echoed += conn.echo.bytes
         if conn.tls is not None:
@@ -617,12 +791,25 @@ class Server:
             self.stats.records[path] = self.stats.records.get(path, 0) + 1
             conn.tls.close()
         conn.sock.close()
-        conn.plain.close()
 
     def _sweep(self, now: float) -> None:
-        for conn in list(self.conns.values()):
-            if (conn.phase is Phase.TLS or conn.phase is Phase.WS) and now > conn.deadline:
-                self._advance(conn, Cause.TIMEOUT)
+        """Once a second: give freed heap memory back once enough was freed (closed
+        connections, newly parked ones) since the last time.  Timeouts are the C loop's."""
+        if self.heap not in ("both", "trim"):
+            return
+        counters = ffi.new("struct wsloop_counters *")
+        lib.wsloop_get_counters(self.loop, counters)
+        # Parking frees buffers only as the number parked grows: connections that wake
+        # for a moment and park again (a keepalive) free what they just took.
+        parked = counters.parked
+        freed = self._freed + max(0, parked - self._parked_at_trim)
+        if freed >= TRIM_AFTER or (freed and not self.conns):
+            lib.heap_trim()
+            self.stats.trims += 1
+            self._freed = 0
+            self._parked_at_trim = parked
+        else:
+            self._parked_at_trim = min(self._parked_at_trim, parked)
 
     def _shutdown(self) -> None:
         """Close every connection with 1001 (going away), then free the loop and pool."""
@@ -640,7 +827,8 @@ class Server:
         counters = ffi.new("struct wsloop_counters *")
         lib.wsloop_get_counters(self.loop, counters)
         self.stats.loop = {k: getattr(counters, k) for k in ("polls", "hot_events", "reported",
-                           "dispatches", "jobs")}  # fmt: skip
+                           "dispatches", "jobs", "parks", "unparks", "pings", "scans",
+                           "wakes")}  # fmt: skip
         lib.wsloop_free(self.loop)
         lib.offload_free(self.pool)  # joins the workers (NULL: nothing)
         self.stats.cpu_s = _cpu_seconds()
