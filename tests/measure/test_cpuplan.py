@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from wsstls.measure.cpuplan import CorePlan, format_cpus, parse_cpus, plan_cores
+from wsstls.measure.cpuplan import CorePlan, plan_cores
 
 
 def check_invariants(p: CorePlan) -> None:
@@ -144,23 +144,3 @@ def test_override_errors_name_the_option(kwargs: dict[str, object], match: str) 
 def test_no_cpu() -> None:
     with pytest.raises(ValueError, match="no CPU"):
         plan_cores([])
-
-
-@pytest.mark.parametrize(
-    ("text", "cpus"),
-    [("0", (0,)), ("0-3,8", (0, 1, 2, 3, 8)), ("3,1,1", (1, 3)), (" 2 - 4 ", (2, 3, 4))],
-)
-def test_parse_cpus(text: str, cpus: tuple[int, ...]) -> None:
-    assert parse_cpus(text) == cpus
-    assert parse_cpus(format_cpus(cpus)) == cpus
-
-
-@pytest.mark.parametrize("text", ["", "a", "3-1", "-1", "1-", "0-99999999"])
-def test_parse_cpus_rejects(text: str) -> None:
-    with pytest.raises(ValueError):
-        parse_cpus(text)
-
-
-def test_format_cpus() -> None:
-    assert format_cpus([0, 1, 2, 3, 8, 10, 11]) == "0-3,8,10,11"
-    assert format_cpus([]) == "-"

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 import os
 import platform
 import resource
@@ -37,15 +36,27 @@ import ssl
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn, Protocol
+from typing import Any, Protocol
 
 from .. import loadgen
+from ..cliargs import (
+    Parser,
+    choice_list,
+    cpu_list,
+    integer,
+    integer_list,
+    number,
+    output_file,
+    size_list,
+)
+from ..cliargs import size as size_arg
+from ..server.config import LIMITS
 from ..tls import self_signed
 from . import cryptocost, plot, report
-from .cpuplan import CorePlan, parse_cpus, plan_for_this_machine
+from .cpuplan import MAX_CLIENT_THREADS, CorePlan, plan_for_this_machine
 from .runner import BenchError, Cell, CellKey, Runner
 from .servers import (
     MODES,
@@ -85,13 +96,6 @@ MAX_SECONDS = 3600.0
 # ---------------------------------------------------------------- the options
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors are one line: ``wsstls bench: error: ...`` (exit 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def _open_file_limit() -> int:
     """Raise the soft open-file limit to the hard one; the connections the client can hold."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -128,7 +132,6 @@ class Options:
     crypto: str  # the pipelining/ASYNC table: "on", "off" or "sweep" (wsstls.measure.cryptocost)
     plan: CorePlan
     scaling: list[int]
-    scaling_explicit: bool
     scaling_conns: int
     scaling_peers: list[str]
 
@@ -137,108 +140,136 @@ class Options:
         return 100 if 100 in self.conns else self.conns[0]
 
 
-def _ints(p: _Parser, text: str, option: str, lo: int, hi: int) -> list[int]:
-    allowed = f"{option}: comma-separated integers {lo} .. {hi}"
+def _url(text: str) -> str:
     try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        p.error(f"{allowed}, got {text!r}")
-    if not values or min(values) < lo or max(values) > hi:
-        p.error(f"{allowed}, got {text!r}")
-    return list(dict.fromkeys(values))
+        loadgen.parse_url(text)
+    except ValueError as exc:
+        why = str(exc).removeprefix("url: ")
+        raise argparse.ArgumentTypeError(
+            f"a ws:// or wss:// URL of an IPv4 address or localhost ({why})"
+        ) from None
+    return text
 
 
-def _int(p: _Parser, text: str, option: str, lo: int, hi: int) -> int:
+def _scaling_arg(text: str) -> str | list[int]:
+    if text in ("auto", "off"):
+        return text
     try:
-        v = int(text)
-    except ValueError:
-        p.error(f"{option}: an integer {lo} .. {hi}, got {text!r}")
-    if not lo <= v <= hi:
-        p.error(f"{option}: an integer {lo} .. {hi}, got {text!r}")
-    return v
+        return sorted(integer_list(1, LIMITS_WORKERS)(text))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"auto, off, or comma-separated worker counts from 1 to {LIMITS_WORKERS}, got {text!r}"
+        ) from None
 
 
-def _seconds(p: _Parser, text: str, option: str, positive: bool) -> float:
-    need = "> 0" if positive else ">= 0"
+def _scaling_peers_arg(text: str) -> list[str]:
+    if text.strip() == "none":
+        return []
     try:
-        v = float(text)
-    except ValueError:
-        p.error(f"{option}: seconds {need} and at most {MAX_SECONDS:g}, got {text!r}")
-    if not math.isfinite(v) or v < 0 or (positive and v == 0) or v > MAX_SECONDS:
-        p.error(f"{option}: seconds {need} and at most {MAX_SECONDS:g}, got {text!r}")
-    return v
+        return choice_list(SCALING_PEERS)(text)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"none, or {exc}") from None
 
 
-def _names(p: _Parser, text: str, option: str, allowed: Sequence[str]) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    bad = [n for n in names if n not in allowed]
-    if not names or bad:
-        p.error(f"{option}: a comma-separated list of {', '.join(allowed)}; got {text!r}")
-    return list(dict.fromkeys(names))
+LIMITS_WORKERS = int(LIMITS["workers"][1])
 
 
-def _writable(p: _Parser, path: str, option: str) -> None:
-    parent = Path(path).resolve().parent
-    if Path(path).is_dir():
-        p.error(f"{option}: {path} is a directory, give a file name")
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        p.error(f"{option}: cannot write {path}: {parent} is not a writable directory")
-    if Path(path).exists() and not os.access(path, os.W_OK):
-        p.error(f"{option}: cannot write {path}: permission denied")
-
-
-def _parser() -> _Parser:
-    p = _Parser(
+def _parser(max_conns: int) -> Parser:
+    doc = __doc__ or ""
+    p = Parser(
         prog="wsstls bench",
-        description=(__doc__ or "").split("\n\n")[0],
+        description=doc.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=(__doc__ or "").split("\n\n", 1)[1],
+        epilog=doc.split("\n\n", 1)[1],
     )
-    p.add_argument("--conns", default="50,100,200,500", help="connection counts (64 B table)")
-    p.add_argument("--sizes", default="64,256,1024,4096", help="message sizes (size tables)")
+    conns = integer_list(1, max_conns, "connection counts")
+    seconds = number(0, MAX_SECONDS, unit="seconds")
+    p.add_argument(
+        "--conns", type=conns, default="50,100,200,500", help="connection counts (64 B table)"
+    )
+    p.add_argument(
+        "--sizes",
+        type=size_list(0, MAX_SIZE),
+        default="64,256,1024,4096",
+        help="message sizes (size tables)",
+    )
     p.add_argument(
         "--modes",
+        type=choice_list(MODES),
         default="inline,offload,batched,threshold",
         help=f"TLS designs to measure ({', '.join(MODES)}; inline is the "
         "baseline, always measured)",
     )
     p.add_argument(
         "--transports",
+        type=choice_list(TRANSPORTS),
         default="ring",
         help=f"transports of the inline design ({', '.join(TRANSPORTS)})",
     )
-    p.add_argument("--duration", default="1.5", help="measured seconds per run")
-    p.add_argument("--warmup", default="0.5", help="seconds before each window")
-    p.add_argument("--repeat", default="3", help="runs per cell (median taken)")
-    p.add_argument("--threads", default="2", help="offload threads of the offload designs")
-    p.add_argument("--workers", default="2", help="processes of the workers design")
-    p.add_argument("--big", default="16384", help="the large size of the designs table")
+    p.add_argument(
+        "--duration",
+        type=number(0, MAX_SECONDS, lo_open=True, unit="seconds"),
+        default="1.5",
+        help="measured seconds per run",
+    )
+    p.add_argument("--warmup", type=seconds, default="0.5", help="seconds before each window")
+    p.add_argument(
+        "--repeat", type=integer(1, 100), default="3", help="runs per cell (median taken)"
+    )
+    p.add_argument(
+        "--threads",
+        type=integer(1, int(LIMITS["threads"][1])),
+        default="2",
+        help="offload threads of the offload designs",
+    )
+    p.add_argument(
+        "--workers",
+        type=integer(1, LIMITS_WORKERS),
+        default="2",
+        help="processes of the workers design",
+    )
+    p.add_argument(
+        "--big",
+        type=size_arg(1, MAX_SIZE),
+        default="16384",
+        help="the large size of the designs table",
+    )
     p.add_argument(
         "--server-cpus",
+        type=cpu_list,
         metavar="LIST",
         help="the server pool, e.g. 8-15 (default: the core plan's)",
     )
     p.add_argument(
         "--client-cpus",
+        type=cpu_list,
         metavar="LIST",
         help="the load generator's CPUs, e.g. 0-7 (default: the core plan's)",
     )
     p.add_argument(
         "--client-threads",
+        type=integer(1, MAX_CLIENT_THREADS),
         metavar="N",
         help="load-generator threads, pinned one per client CPU in turn "
         "(default: one per client CPU)",
     )
     p.add_argument(
         "--scaling",
+        type=_scaling_arg,
         default="auto",
         metavar="auto|off|LIST",
         help="worker counts of the scaling table (auto: 1, 2, 4, ... up to the "
         "server pool when it has 2 CPUs or more)",
     )
-    p.add_argument("--scaling-conns", default="400", help="connections of the scaling table")
+    p.add_argument(
+        "--scaling-conns",
+        type=integer(1, max_conns),
+        default="400",
+        help="connections of the scaling table",
+    )
     p.add_argument(
         "--scaling-peers",
+        type=_scaling_peers_arg,
         default=",".join(SCALING_PEERS),
         help="peers of the scaling table (picows, gorilla; none)",
     )
@@ -248,9 +279,15 @@ def _parser() -> _Parser:
         help="also picows, websockets, aiohttp, asyncio echo servers (wsstls/measure/peers)",
     )
     p.add_argument("--no-copies", action="store_true", help="skip the copy ledger runs")
-    p.add_argument("--url", help="measure this ws:// or wss:// echo server instead (client only)")
-    p.add_argument("--json", metavar="FILE", help="write every figure (schema: README)")
-    p.add_argument("--plot", metavar="FILE.png", help="draw the figures (needs matplotlib)")
+    p.add_argument(
+        "--url", type=_url, help="measure this ws:// or wss:// echo server instead (client only)"
+    )
+    p.add_argument(
+        "--json", type=output_file, metavar="FILE", help="write every figure (schema: README)"
+    )
+    p.add_argument(
+        "--plot", type=output_file, metavar="FILE.png", help="draw the figures (needs matplotlib)"
+    )
     p.add_argument("--quick", action="store_true", help="a tiny run (smoke test)")
     p.add_argument(
         "--crypto",
@@ -264,86 +301,39 @@ def _parser() -> _Parser:
 
 def parse(argv: list[str] | None = None) -> Options:
     """The command line, every value checked before any work (exit 2 with one line if bad)."""
-    p = _parser()
-    a = p.parse_args(argv)
     max_conns = _open_file_limit()
-    conns = _ints(p, a.conns, "--conns", 1, max_conns)
-    sizes = _ints(p, a.sizes, "--sizes", 0, MAX_SIZE)
-    modes = _names(p, a.modes, "--modes", list(MODES))
-    transports = _names(p, a.transports, "--transports", TRANSPORTS)
-    duration = _seconds(p, a.duration, "--duration", positive=True)
-    warmup = _seconds(p, a.warmup, "--warmup", positive=False)
-    repeat = _int(p, a.repeat, "--repeat", 1, 100)
-    threads = _int(p, a.threads, "--threads", 1, 256)
-    workers = _int(p, a.workers, "--workers", 1, 256)
-    big = _int(p, a.big, "--big", 1, MAX_SIZE)
-    sconns = _int(p, a.scaling_conns, "--scaling-conns", 1, max_conns)
-    speers = (
-        []
-        if a.scaling_peers.strip() == "none"
-        else _names(p, a.scaling_peers, "--scaling-peers", SCALING_PEERS)
-    )
+    p = _parser(max_conns)
+    a = p.parse_args(argv)
     if a.url is not None:
-        try:
-            loadgen.parse_url(a.url)
-        except ValueError as exc:
-            p.error(f"--url: a ws:// or wss:// URL of an IPv4 address or localhost: {exc}")
         for flag, given in (("--peers", a.peers), ("--scaling", a.scaling != "auto")):
             if given:
                 p.error(f"{flag}: not with --url (it measures one external server)")
-    for option, path in (("--json", a.json), ("--plot", a.plot)):
-        if path is not None:
-            _writable(p, path, option)
     if a.plot is not None and (why := plot.check()) is not None:
         p.error(f"--plot: {why}")
-    cpus: dict[str, tuple[int, ...] | None] = {}
-    for option, text in (("--server-cpus", a.server_cpus), ("--client-cpus", a.client_cpus)):
-        try:
-            cpus[option] = parse_cpus(text) if text is not None else None
-        except ValueError as exc:
-            p.error(f"{option}: a CPU list such as 0-3,8 ({exc})")
-    client_threads = None
-    if a.client_threads is not None:
-        client_threads = _int(p, a.client_threads, "--client-threads", 1, 1024)
     try:
-        plan = plan_for_this_machine(cpus["--server-cpus"], cpus["--client-cpus"], client_threads)
+        plan = plan_for_this_machine(a.server_cpus, a.client_cpus, a.client_threads)
     except ValueError as exc:
         p.error(str(exc))
-    scaling_explicit = a.scaling not in ("auto", "off")
     if a.scaling == "off":
         scaling = []
     elif a.scaling == "auto":
         auto = plan.scaling_workers()
         scaling = auto if len(auto) > 1 and not a.quick else []
     else:
-        scaling = sorted(_ints(p, a.scaling, "--scaling (or auto, off)", 1, 1024))
+        scaling = a.scaling
+    conns, sizes, duration, warmup, repeat = a.conns, a.sizes, a.duration, a.warmup, a.repeat
+    sconns = a.scaling_conns
     if a.quick:
         conns, sizes, duration, warmup, repeat = [8], [64], 0.3, 0.1, 1
         sconns = min(sconns, 8)
     return Options(
-        conns=conns,
-        sizes=sizes,
-        modes=modes,
-        transports=transports,
-        duration=duration,
-        warmup=warmup,
-        repeat=repeat,
-        threads=threads,
-        workers=workers,
-        big=big,
-        peers=a.peers,
-        no_copies=a.no_copies,
-        url=a.url,
-        json=a.json,
-        plot=a.plot,
-        quick=a.quick,
+        conns=list(dict.fromkeys(conns)), sizes=list(dict.fromkeys(sizes)), modes=a.modes,
+        transports=a.transports, duration=duration, warmup=warmup, repeat=repeat,
+        threads=a.threads, workers=a.workers, big=a.big, peers=a.peers, no_copies=a.no_copies,
+        url=a.url, json=a.json, plot=a.plot, quick=a.quick,
         crypto=("off" if a.quick else "on") if a.crypto == "auto" else a.crypto,
-        plan=plan,
-        scaling=scaling,
-        scaling_explicit=scaling_explicit,
-        scaling_conns=sconns,
-        scaling_peers=speers,
-    )
+        plan=plan, scaling=scaling, scaling_conns=sconns, scaling_peers=a.scaling_peers,
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------- the tables

@@ -27,55 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..cliargs import format_cpus
+
 __all__ = [
     "CorePlan",
-    "format_cpus",
-    "parse_cpus",
     "plan_cores",
     "plan_for_this_machine",
     "sibling_groups",
 ]
 
 MAX_CLIENT_THREADS = 1024
-
-
-def parse_cpus(text: str) -> tuple[int, ...]:
-    """``"0-3,8,10-11"`` as (0, 1, 2, 3, 8, 10, 11) (sorted, no duplicates); ValueError if bad."""
-    cpus: set[int] = set()
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        lo_s, dash, hi_s = part.partition("-")
-        try:
-            lo = int(lo_s)
-            hi = int(hi_s) if dash else lo
-        except ValueError:
-            raise ValueError(f"not a CPU or a range of CPUs: {part!r}") from None
-        if lo < 0 or hi < lo:
-            raise ValueError(f"not a CPU or a range of CPUs: {part!r}")
-        if hi - lo > 65536:
-            raise ValueError(f"range too large: {part!r}")
-        cpus.update(range(lo, hi + 1))
-    if not cpus:
-        raise ValueError("no CPU given")
-    return tuple(sorted(cpus))
-
-
-def format_cpus(cpus: Iterable[int]) -> str:
-    """CPU numbers as ranges: (0, 1, 2, 3, 8) -> ``"0-3,8"``."""
-    out: list[str] = []
-    run: list[int] = []
-    for c in sorted(set(cpus)):
-        if run and c == run[-1] + 1:
-            run.append(c)
-            continue
-        if run:
-            out.append(f"{run[0]}-{run[-1]}" if len(run) > 2 else ",".join(map(str, run)))
-        run = [c]
-    if run:
-        out.append(f"{run[0]}-{run[-1]}" if len(run) > 2 else ",".join(map(str, run)))
-    return ",".join(out) if out else "-"
 
 
 @dataclass(frozen=True)
