@@ -139,8 +139,15 @@ DESIGNS: dict[str, Design] = {
         Design("offload-direct", mode="offload", records="direct"),
         Design("batched-direct", mode="batched", records="direct"),
         Design("threshold-direct", mode="threshold", offload_threshold=4096, records="direct"),
+        # OpenSSL ASYNC jobs and pipelining (issue 10): records of 4 KiB and more pause
+        # the SSL call; pipelined servers offer TLS 1.2 (4 records per cipher call).
+        Design("async", mode="async", offload_threshold=4096),
+        Design("pipelined", mode="pipelined"),
+        Design("pipelined-async", mode="pipelined+async", offload_threshold=4096),
     )
 }
+#: The designs of issue 10, which play the Autobahn SUBSET (every family) in the main suite.
+CRYPTO_DESIGNS = ("async", "pipelined", "pipelined-async")
 TLS_DESIGNS = [name for name, d in DESIGNS.items() if d.tls]
 
 

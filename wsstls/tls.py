@@ -575,7 +575,9 @@ class TLSConnection:
 
     def _resuming(self, op: int, obj: object) -> None:
         """ASYNC: a paused read (or ring write) must resume with the memory it started with."""
-        if lib.tls_async_paused(self._live()) == op and self._hold is not obj:
+        # (_hold is None: the call paused in C, the server's loop, on memory of its own)
+        held = self._hold
+        if lib.tls_async_paused(self._live()) == op and held is not None and held is not obj:
             what = "read" if op == lib.TLS_OP_READ else "write"
             raise ValueError(f"a paused {what} resumes with the buffer it started with")
 
@@ -672,6 +674,8 @@ class TLSConnection:
         """
         if type(data) is not bytes:
             data = _c_buffer(data, "data", writable=False)
+            if self._async:  # a paused write reads this memory later: a copy of
+                data = ffi.buffer(data)[:]  # ours, so the caller may resize its buffer
         try:
             put = _write(self._c, data, len(data))
         except TypeError:
@@ -883,8 +887,10 @@ class TLSConnection:
     def close(self) -> None:
         """Free the SSL object now (does not send close_notify or close the socket).
 
-        A call paused in an ASYNC job is finished first (with its buffer)."""
-        self._c = None  # (tls_conn_free finishes a paused call: _hold is still alive)
+        A call paused in an ASYNC job is completed first, while its buffer is alive."""
+        if self._c is not None and self._async:
+            lib.tls_async_finish(self._c)
+        self._c = None
         self._hold = None
         self._sock = None
 

@@ -77,15 +77,23 @@ int async_conn_busy(const struct async_conn *ac) { return ac != NULL && ac->busy
 
 void async_conn_wait_idle(struct async_conn *ac)
 {
-    /* Readable means done; the paused job consumes the count when resumed. */
+    /* Readable means done; the paused job consumes the count when resumed.
+     * Bounded (a pool that never answers is a bug, not a reason to hang). */
     struct pollfd p = {.fd = ac->efd, .events = POLLIN};
-    while (ac->busy && atomic_load(&ac->batch.remaining) != 0) {
-        if (poll(&p, 1, 1000) < 0 && errno != EINTR)
+    for (int i = 0; i < 60 && ac->busy; i++) {
+        int r = poll(&p, 1, 1000);
+        if (r > 0 || (r < 0 && errno != EINTR))
             break;
     }
 }
 
 int async_conn_fd(const struct async_conn *ac) { return ac->efd; }
+
+int async_conn_ready(const struct async_conn *ac)
+{
+    struct pollfd p = {.fd = ac->efd, .events = POLLIN};
+    return poll(&p, 1, 0) > 0;
+}
 
 void async_conn_counters(const struct async_conn *ac, struct async_counters *out)
 {

@@ -53,6 +53,9 @@ int async_conn_busy(const struct async_conn *ac);
 /* Block until the pool has finished this connection's work (shutdown paths). */
 void async_conn_wait_idle(struct async_conn *ac);
 int async_conn_fd(const struct async_conn *ac);
+/* 1 when the connection's eventfd is readable: its paused job's work is done
+ * (a poll, the count stays for the job to read). */
+int async_conn_ready(const struct async_conn *ac);
 /* The SSL call returned SSL_ERROR_WANT_ASYNC (counted by the caller). */
 void async_conn_want(struct async_conn *ac);
 void async_conn_counters(const struct async_conn *ac, struct async_counters *out);

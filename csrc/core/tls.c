@@ -1403,6 +1403,10 @@ static const struct tls_record_ops handover_records = {
  * find it there), and keep what paused. */
 static long in_job(tls_conn *c, int op, void *buf, size_t n, long (*call)(tls_conn *, void *, size_t))
 {
+    /* The paused call again before its work is done (say, a write that made
+     * progress and paused again, retried at once by its caller): not yet. */
+    if (c->paused == op && !async_conn_ready(c->async))
+        return TLS_WANT_ASYNC;
     async_enter(c->async);
     long r = call(c, buf, n);
     async_leave();
@@ -1501,6 +1505,12 @@ static void finish_paused(tls_conn *c)
             break;
         }
     }
+}
+
+void tls_async_finish(tls_conn *c)
+{
+    if (c->paused)
+        finish_paused(c);
 }
 
 int tls_async_paused(const tls_conn *c) { return c->paused; }
@@ -1634,8 +1644,10 @@ void tls_conn_free(tls_conn *c)
 {
     if (c == NULL)
         return;
-    if (c->paused)
-        finish_paused(c);
+    if (c->paused) /* (tls_async_finish was not called: the caller's buffers may be
+                      gone) let the pool finish with OpenSSL's buffers, and leave
+                      the paused job unresumed: it never runs again */
+        async_conn_wait_idle(c->async);
     records_tap_free(c->tap, c->ssl);
     records_free(c->direct);
     SSL_free(c->ssl); /* frees the BIOs it was given */

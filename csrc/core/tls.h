@@ -192,9 +192,11 @@ int tls_has_pending(tls_conn *c);
  * readable, then repeat exactly that call (same buffer; OpenSSL resumes it
  * with its first arguments whatever the retry passes).  Meanwhile any other
  * call that would run the SSL object returns TLS_WANT_ASYNC (reads:
- * TLS_WANT_READ) untouched, so a read never resumes a paused write.  The
- * connection may be freed while paused: tls_conn_free waits for the pool and
- * finishes the paused call first. */
+ * TLS_WANT_READ) untouched, so a read never resumes a paused write.
+ * Closing a paused connection: tls_async_finish() first, while the paused
+ * call's buffer is still valid (it waits for the pool and completes the call,
+ * which may fail if the socket is gone); tls_conn_free without it only waits
+ * for the pool and leaves the job unresumed (its 32 KiB stack is not reused). */
 enum tls_async_op {
     TLS_OP_NONE = 0,
     TLS_OP_HANDSHAKE = 1,
@@ -202,6 +204,8 @@ enum tls_async_op {
     TLS_OP_WRITE = 3,
     TLS_OP_SHUTDOWN = 4,
 };
+/* Complete a paused call (waiting for the pool) before freeing or reusing its buffer. */
+void tls_async_finish(tls_conn *c);
 /* The paused call (enum tls_async_op), TLS_OP_NONE when none. */
 int tls_async_paused(const tls_conn *c);
 /* The connection's async fd (readable: the paused call can go on), -1 when

@@ -64,7 +64,7 @@ static long finish_pending(tls_conn *c, ring *plain, struct wsecho *st)
     const unsigned char *echo = head + st->pending_skip;
     while (st->pending_sent < st->pending_len) {
         long put = send_out(c, st, echo + st->pending_sent, st->pending_len - st->pending_sent);
-        if (put == TLS_WANT_WRITE || put == TLS_WANT_READ || put == 0)
+        if (put == TLS_WANT_WRITE || put == TLS_WANT_READ || put == TLS_WANT_ASYNC || put == 0)
             return 0;
         if (put < 0)
             return put;

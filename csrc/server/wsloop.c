@@ -43,6 +43,11 @@ struct slot {
     int64_t active;         /* ms: its last event (or when it was watched) */
     int64_t pinged;         /* ms: the last keepalive ping (0: none) */
     int64_t deadline;       /* ms: report WSLOOP_EXPIRED then (0: none) */
+    /* ASYNC contexts: the connection's SSL call paused in a job (a hot one
+     * waits for its async fd, not its socket); its async fd in epoll + 1;
+     * and, in the async fd's own slot, the connection's fd + 1. */
+    unsigned paused : 1;
+    int afd, owner;
 };
 
 struct wsloop {
@@ -69,6 +74,7 @@ struct wsloop {
     struct offload_job *done[MAX_EVENTS];
     struct epoll_event ev[MAX_EVENTS];
     counter polls, hot_events, reported, dispatches, jobs, parks, unparks, pings, scans, wakes;
+    counter async_waits, async_resumes;
 };
 
 static int64_t now_ms(void)
@@ -196,6 +202,7 @@ int wsloop_watch(wsloop *l, int fd, uint32_t events)
     if (!s->watched)
         s->active = l->now;
     s->hot = 0;
+    s->paused = 0; /* Python has it now: wsloop_async again if a call is still paused */
     return set_events(l, fd, s, events);
 }
 
@@ -207,6 +214,14 @@ int wsloop_unwatch(wsloop *l, int fd)
     if (s->busy)
         return -EBUSY;
     int r = epoll_ctl(l->epfd, EPOLL_CTL_DEL, fd, NULL) == 0 ? 0 : -errno;
+    if (s->c != NULL && s->plain != NULL && tls_async_paused(s->c))
+        tls_async_finish(s->c); /* its paused read may target the ring given back below */
+    if (s->afd) { /* its async fd goes with it (closed with its SSL object) */
+        struct slot *a = slot_of(l, s->afd - 1);
+        epoll_ctl(l->epfd, EPOLL_CTL_DEL, s->afd - 1, NULL);
+        if (a != NULL)
+            a->owner = 0;
+    }
     if (l->rings != NULL)
         ringpool_put(l->rings, s->plain);
     if (s->parked)
@@ -249,6 +264,7 @@ int wsloop_hot(wsloop *l, int fd, tls_conn *c, ring *plain, struct wsecho *st,
     s->st = st;
     s->job = job;
     s->more = 0;
+    s->paused = 0;
     s->hot = 1;
     int r = set_events(l, fd, s, EPOLLIN | EPOLLRDHUP);
     if (r == 0 && c != NULL && !s->kicked && tls_has_pending(c)) {
@@ -354,10 +370,16 @@ static int settle(wsloop *l, struct slot *s, int status)
  * which the socket will not signal, is served at the next poll, after the
  * other connections had their turn (kicked).  Nothing read: what is
  * buffered is an incomplete record, which only the socket can complete.
- * WSECHO_WAIT, or a status to report. */
+ * A call paused in an ASYNC job: the same pump again once the job is done
+ * (await_async).  WSECHO_WAIT, or a status to report. */
+static int await_async(wsloop *l, int fd, int quiet);
+
 static int run_inline(wsloop *l, int fd, struct slot *s)
 {
-    int r = settle(l, s, wsecho_pump(s->c, s->plain, s->st, WSECHO_READ | WSECHO_ECHO));
+    int raw = wsecho_pump(s->c, s->plain, s->st, WSECHO_READ | WSECHO_ECHO);
+    if (s->c != NULL && tls_async_paused(s->c) && raw != WSECHO_BAD_UTF8 && raw != WSECHO_ENDED)
+        return await_async(l, fd, 1) == 0 ? WSECHO_WAIT : ended(slot_of(l, fd), TLS_ERROR);
+    int r = settle(l, s, raw);
     if (r != WSECHO_WAIT || s->c == NULL || s->kicked)
         return r;
     if (ring_writable(s->plain) > 0 && s->st->read_status > 0 && tls_has_pending(s->c) &&
@@ -435,6 +457,8 @@ static int serve_parked(wsloop *l, int fd, struct slot *s)
  * report (or NO_RING). */
 static int serve(wsloop *l, int fd, struct slot *s)
 {
+    if (s->paused)
+        return WSECHO_WAIT; /* its async fd, not its socket, says when to go on */
     if (s->parked && l->shared != NULL)
         return serve_parked(l, fd, s);
     if (s->parked && unpark(l, s) != 0)
@@ -624,6 +648,104 @@ static int scan(wsloop *l, struct wsloop_event *out, int n, int max)
     return n;
 }
 
+/* ----------------------------------------------------------- ASYNC jobs */
+
+/* fd's SSL call paused in an ASYNC job: put the async fds OpenSSL reports as
+ * changed into epoll (mapped to fd), and (quiet) stop serving its socket
+ * until the job is done (the same pump, or Python's handler, then resumes the
+ * call: nothing resumes it early).
+ * 0, or -errno. */
+static int await_async(wsloop *l, int fd, int quiet)
+{
+    int add[4], del[4];
+    size_t nadd = 0, ndel = 0;
+    struct slot *s = slot_of(l, fd);
+    if (s != NULL && s->paused)
+        return 0; /* waiting already (Python may ask twice for one pause) */
+    if (s == NULL || s->c == NULL ||
+        tls_async_changed_fds(s->c, add, &nadd, del, &ndel, 4) != 0)
+        return -EINVAL;
+    for (size_t i = 0; i < ndel; i++) {
+        struct slot *a = slot_of(l, del[i]);
+        epoll_ctl(l->epfd, EPOLL_CTL_DEL, del[i], NULL); /* (gone already if closed) */
+        if (a != NULL)
+            a->owner = 0;
+        if (s->afd == del[i] + 1)
+            s->afd = 0;
+    }
+    /* OpenSSL reports an fd as added once, during the job that added it: a
+     * call that finished and started a new job since (a partial write, say)
+     * took that report with it.  Our own fd (one per connection) is the one
+     * to be sure of, whatever the report said. */
+    int own = tls_async_fd(s->c);
+    if (!s->afd && own >= 0 && nadd < 4)
+        add[nadd++] = own;
+    for (size_t i = 0; i < nadd; i++) {
+        if (s->afd == add[i] + 1)
+            continue;
+        struct slot *a = grow_to(l, add[i]);
+        s = slot_of(l, fd); /* (the table may have moved) */
+        if (a == NULL)
+            return -ENOMEM;
+        struct epoll_event e = {.events = EPOLLIN, .data.fd = add[i]};
+        if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, add[i], &e) != 0 && errno != EEXIST)
+            return -errno;
+        a->owner = fd + 1;
+        s->afd = add[i] + 1;
+    }
+    if (quiet) {
+        int r = set_events(l, fd, s, 0);
+        if (r != 0)
+            return r;
+    }
+    s->paused = 1;
+    counter_add(&l->async_waits, 1);
+    return 0;
+}
+
+int wsloop_async(wsloop *l, int fd, tls_conn *c)
+{
+    struct slot *s = slot_of(l, fd);
+    if (s == NULL || !s->watched || c == NULL || s->hot)
+        return -EINVAL;
+    s->c = c;
+    return await_async(l, fd, 1); /* (its socket waits too: only the job's end resumes) */
+}
+
+/* An async fd is readable: its connection's paused call can go on.  A hot
+ * connection's pump runs again (WSECHO_WAIT, or a status to report); a
+ * Python-driven one is reported ready for reading and writing (Python repeats
+ * what paused). */
+static int async_ready(wsloop *l, struct slot *a, struct wsloop_event *out, int n)
+{
+    int fd = a->owner - 1;
+    struct slot *s = slot_of(l, fd);
+    if (s == NULL || !s->watched)
+        return n;
+    /* Whoever paused it (the loop, or Python, which may have taken the
+     * connection back since), the job is done: the paused call goes on now. */
+    s->paused = 0;
+    counter_add(&l->async_resumes, 1);
+    if (!s->hot) { /* Python repeats what paused: a read, a write, or either */
+        int op = s->c != NULL ? tls_async_paused(s->c) : TLS_OP_NONE;
+        uint32_t ev = op == TLS_OP_READ    ? EPOLLIN
+                      : op == TLS_OP_WRITE ? EPOLLOUT
+                                           : EPOLLIN | EPOLLOUT;
+        return report(out, n, fd, ev, WSECHO_WAIT);
+    }
+    if (set_events(l, fd, s, EPOLLIN | EPOLLRDHUP) != 0)
+        return report_cold(out, n, fd, s, ended(s, TLS_ERROR));
+    int r = run_inline(l, fd, s);
+    if (r != WSECHO_WAIT)
+        return report_cold(out, n, fd, slot_of(l, fd), r);
+    /* The pump's read may have stood back for the paused call (a write): what
+     * the TLS layer holds now gets no socket event, so serve it again. */
+    s = slot_of(l, fd);
+    if (!s->paused && !s->kicked && tls_has_pending(s->c) && kick(l, fd, s) != 0)
+        return report_cold(out, n, fd, s, ended(s, TLS_ERROR));
+    return n;
+}
+
 int wsloop_poll(wsloop *l, int timeout_ms, struct wsloop_event *out, int max)
 {
     if (max <= 0)
@@ -648,6 +770,10 @@ int wsloop_poll(wsloop *l, int timeout_ms, struct wsloop_event *out, int max)
             continue;
         }
         struct slot *s = slot_of(l, fd);
+        if (s != NULL && s->owner) {
+            n = async_ready(l, s, out, n);
+            continue;
+        }
         if (s != NULL)
             s->active = l->now;
         if (s != NULL && s->hot) {
@@ -712,6 +838,8 @@ void wsloop_get_counters(wsloop *l, struct wsloop_counters *out)
     out->pings = counter_get(&l->pings);
     out->scans = counter_get(&l->scans);
     out->wakes = counter_get(&l->wakes);
+    out->async_waits = counter_get(&l->async_waits);
+    out->async_resumes = counter_get(&l->async_resumes);
     out->parked = l->nparked;
     struct ringpool_counters rc = {0};
     if (l->rings != NULL)

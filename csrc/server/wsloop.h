@@ -93,6 +93,8 @@ struct wsloop_counters {
     uint64_t parked;      /* connections parked now */
     uint64_t rings_out;   /* plaintext rings held by connections now */
     uint64_t rings_spare; /* plaintext rings kept for the next taker */
+    uint64_t async_waits;   /* ASYNC pauses the loop waited for (async fd) */
+    uint64_t async_resumes; /* of which resumed */
 };
 
 typedef struct wsloop wsloop;
@@ -143,6 +145,11 @@ int wsloop_poll(wsloop *l, int timeout_ms, struct wsloop_event *out, int max);
  * cold and can be unwatched.  0, or -ETIMEDOUT. */
 int wsloop_drain(wsloop *l, int timeout_ms);
 
+/* fd's connection (Python-driven, not hot) has an SSL call paused in an
+ * ASYNC job: report fd ready (EPOLLIN | EPOLLOUT) once the job is done, so
+ * that Python repeats the call.  0, or -errno.  Hot connections are handled
+ * by the loop itself: their pump runs again when their async fd is ready. */
+int wsloop_async(wsloop *l, int fd, tls_conn *c);
 void wsloop_get_counters(wsloop *l, struct wsloop_counters *out);
 
 #endif

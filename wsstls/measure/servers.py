@@ -298,6 +298,26 @@ register_mode("batched", _offloaded("batched", "batched: {threads} threads, disp
 register_mode("threshold", _offloaded("threshold", "threshold: offload >= 16 KiB"))
 
 
+def _openssl(mode: str, label: str) -> Callable[[DesignOptions], Design]:
+    """OpenSSL's own designs (issue 10): ASYNC jobs, pipelining (TLS 1.2), both."""
+
+    def make(o: DesignOptions) -> Design:
+        return Design(
+            mode,
+            label,
+            ("--tls", "--transport", "ring", "--mode", mode, "--offload-threshold", "16384"),
+            mode=mode,
+            threads=1,  # the crypto pool's worker (one less than 2 CPUs)
+        )
+
+    return make
+
+
+register_mode("async", _openssl("async", "ASYNC jobs: records >= 16 KiB pause"))
+register_mode("pipelined", _openssl("pipelined", "pipelined: TLS 1.2, 4 records/call"))
+register_mode("pipelined+async", _openssl("pipelined+async", "pipelined + ASYNC: 1 pause/batch"))
+
+
 def design(name: str, options: DesignOptions | None = None) -> Design:
     """A design by ``--modes`` name, or ``workers`` (``--workers`` loops) or ``ws`` (no TLS)."""
     o = options or DesignOptions()

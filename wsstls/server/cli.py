@@ -68,6 +68,19 @@ def parse(argv: list[str] | None = None) -> tuple[ServerConfig, str | None]:
                    "long (default 1; 0: never)")  # fmt: skip
     p.add_argument("--stats", type=output_file, metavar="FILE",
                    help="write counters as JSON on exit")  # fmt: skip
+    g = p.add_argument_group("pipelining and ASYNC jobs (--mode pipelined, async, pipelined+async)")
+    g.add_argument("--pipelines", type=integer(1, 32), default=4,
+                   help="records per cipher call (TLS 1.2)")  # fmt: skip
+    g.add_argument("--split-send-fragment", type=size(512, 16384), metavar="BYTES",
+                   help="bytes per pipelined record (default: --max-send-fragment)")  # fmt: skip
+    g.add_argument("--max-send-fragment", type=size(512, 16384), metavar="BYTES",
+                   help="bytes per record (default 16384)")  # fmt: skip
+    g.add_argument("--read-buffer", type=size(0, 1 << 24), metavar="BYTES",
+                   help="OpenSSL's read buffer (default: pipelines x one record)")  # fmt: skip
+    g.add_argument("--crypto-threads", type=integer(1, 256),
+                   help="crypto pool workers (default: the usable CPUs less one)")  # fmt: skip
+    g.add_argument("--tls-max", choices=["1.2", "1.3"],
+                   help="highest TLS version (default 1.3; 1.2 when pipelined)")  # fmt: skip
     a = p.parse_args(argv)
     try:
         cfg = ServerConfig(
@@ -79,8 +92,16 @@ def parse(argv: list[str] | None = None) -> tuple[ServerConfig, str | None]:
             handshake_timeout=a.handshake_timeout, fast_path=a.fast_path,
             memory_budget=a.memory_budget, ping_interval=a.ping_interval,
             idle_timeout=a.idle_timeout, park_after=a.park_after,
+            pipelines=a.pipelines, split_send_fragment=a.split_send_fragment,
+            max_send_fragment=a.max_send_fragment, read_buffer=a.read_buffer,
+            crypto_threads=a.crypto_threads, tls_max=a.tls_max,
         )  # fmt: skip
         cfg.check()
+        if cfg.tls:
+            from ..tls import TLSContext
+
+            # the record knobs checked now (a client context takes the same ones)
+            TLSContext(False, verify=False, **cfg.context_kwargs())
     except ValueError as exc:
         p.error(str(exc))
     return cfg, a.stats
@@ -100,6 +121,13 @@ def main(argv: list[str] | None = None, on_server: OnServer | None = None) -> in
 
     def ready(url: str) -> None:
         print(f"listening on {url}", flush=True)
+
+    if cfg.mode.pipelined:  # said plainly: pipelining is a TLS 1.2 feature
+        print(f"wsstls serve: --mode {cfg.mode.value}: TLS 1.2 clients get up to "
+              f"{cfg.pipelines} records per cipher call; TLS 1.3 clients get one"
+              + (" (TLS 1.3 allowed by --tls-max 1.3)" if cfg.tls_max == "1.3" else
+                 " (the server offers TLS 1.2 at most; --tls-max 1.3 to allow 1.3)"),
+              file=sys.stderr, flush=True)  # fmt: skip
 
     try:
         return serve(cfg, ready, stats, on_server, context)

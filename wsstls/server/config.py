@@ -37,6 +37,22 @@ class Mode(str, enum.Enum):
     OFFLOAD = "offload"
     BATCHED = "batched"
     THRESHOLD = "threshold"
+    ASYNC = "async"  # OpenSSL ASYNC jobs: records >= offload_threshold pause the SSL call
+    PIPELINED = "pipelined"  # OpenSSL pipelining (TLS 1.2): N records per cipher call
+    PIPELINED_ASYNC = "pipelined+async"  # both: one pause per pipelined batch
+
+    @property
+    def offloads(self) -> bool:
+        """The seed's offload designs (the loop hands connections to a thread pool)."""
+        return self in (Mode.OFFLOAD, Mode.BATCHED, Mode.THRESHOLD)
+
+    @property
+    def asynchronous(self) -> bool:
+        return self in (Mode.ASYNC, Mode.PIPELINED_ASYNC)
+
+    @property
+    def pipelined(self) -> bool:
+        return self in (Mode.PIPELINED, Mode.PIPELINED_ASYNC)
 
 
 @dataclass(frozen=True)
@@ -70,6 +86,13 @@ class ServerConfig:
     # Seconds without an event before an idle connection's rings and TLS
     # buffers are given back (parked); 0 keeps them (no idle pool).
     park_after: float = 1.0
+    # OpenSSL pipelining and ASYNC jobs (modes pipelined, async, pipelined+async)
+    pipelines: int = 4
+    split_send_fragment: int | None = None  # bytes; None: max_send_fragment
+    max_send_fragment: int | None = None  # bytes; None: 16384
+    read_buffer: int | None = None  # bytes; None: OpenSSL's (pipelines x a record)
+    crypto_threads: int | None = None  # None: one less than the usable CPUs
+    tls_max: str | None = None  # "1.2" or "1.3"; None: 1.3, but 1.2 when pipelined
 
     def check(self) -> None:
         """Raise ValueError for a setting out of its range (``LIMITS``) or settings that
@@ -95,13 +118,16 @@ class ServerConfig:
         if self.mode is not Mode.INLINE:
             if not self.tls:
                 raise ValueError(f"--mode {self.mode.value} offloads TLS work: it needs --tls")
-            if self.transport is not Transport.RING:
+            if self.mode.offloads and self.transport is not Transport.RING:
                 raise ValueError(
                     f"--mode {self.mode.value} hands ciphertext over through the rings: "
                     "it needs --transport ring"
                 )
         if self.records not in RECORDS:
             raise ValueError(f"--records must be one of {', '.join(RECORDS)}")
+        if self.records == "direct" and (self.mode.asynchronous or self.mode.pipelined):
+            raise ValueError(f"--mode {self.mode.value} works through OpenSSL's own records: "
+                             "not with --records direct")  # fmt: skip
         if self.records == "direct" and self.tls and self.transport is not Transport.RING:
             raise ValueError(
                 "--records direct seals records in the rings: it needs --transport ring"
@@ -115,6 +141,31 @@ class ServerConfig:
             raise ValueError("give both --cert and --key, or neither")
         if not self.tls and self.certfile is not None:
             raise ValueError("--no-tls serves plain ws://: --cert and --key are for --tls")
+        if not 1 <= self.pipelines <= 32:
+            raise ValueError(f"--pipelines must be 1 .. 32, got {self.pipelines}")
+        if self.tls_max not in (None, "1.2", "1.3"):
+            raise ValueError(f"--tls-max must be 1.2 or 1.3, got {self.tls_max}")
+        if self.crypto_threads is not None and not 1 <= self.crypto_threads <= 256:
+            raise ValueError(f"--crypto-threads must be 1 .. 256, got {self.crypto_threads}")
+
+    def context_kwargs(self) -> dict[str, Any]:
+        """The TLSContext settings of this design (mode, record sizes, versions)."""
+        from ..tls import TLSVersion
+
+        kw: dict[str, Any] = {}
+        for name in ("split_send_fragment", "max_send_fragment", "crypto_threads"):
+            if getattr(self, name) is not None:
+                kw[name] = getattr(self, name)
+        if self.read_buffer is not None:
+            kw["read_buffer_len"] = self.read_buffer
+        if self.mode.pipelined:
+            kw["pipelines"] = self.pipelines
+        if self.mode.asynchronous:
+            kw.update(crypto="async", offload_threshold=self.offload_threshold)
+        tls_max = self.tls_max or ("1.2" if self.mode.pipelined else None)
+        if tls_max == "1.2":
+            kw["max_version"] = TLSVersion.TLSv1_2
+        return kw
 
     def check_cpus(self) -> None:
         """Raise ValueError for a CPU in ``cpus`` this process may not use (checked before
@@ -149,6 +200,7 @@ class ServerStats:
     ledger: dict[str, int] = field(default_factory=dict)  # summed over connections
     records: dict[str, int] = field(default_factory=dict)  # closed TLS connections by record path
     loop: dict[str, int] = field(default_factory=dict)  # the C loop's counters
+    crypto: dict[str, Any] = field(default_factory=dict)  # pipelining/ASYNC (tls.CryptoCounters)
     # With the copy-counting shim preloaded: what the window between SIGUSR1
     # and SIGUSR2 counted, "kind:library" -> [calls, bytes] (see wsstls.measure.ledger).
     memcount: dict[str, list[int]] = field(default_factory=dict)

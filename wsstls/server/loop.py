@@ -46,6 +46,7 @@ decided in one place too, ``Server._arm``, from its phase and its output.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import errno
 import os
@@ -59,7 +60,7 @@ from typing import Any
 from .._cdata import EchoStatus, LoopReport, TLSStatus
 from .._native import ffi, lib
 from ..ring import RingBuffer
-from ..tls import TLSConnection, TLSContext, TLSEOFError, TLSError
+from ..tls import TLSConnection, TLSContext, TLSEOFError, TLSError, crypto_counters
 from ..ws import CloseCode, Connection, Message, ServerConnection, Side, State
 from .config import Mode, ServerConfig, ServerStats, url
 
@@ -245,6 +246,11 @@ def _heap_policy() -> str:
 
 _LOOP_MODE = {
     Mode.INLINE: lib.WSLOOP_INLINE,
+    # The pipelined and ASYNC designs run inline on the loop: the crypto pool is
+    # inside the cipher, and a paused call waits on its async fd (csrc/server/wsloop.c).
+    Mode.ASYNC: lib.WSLOOP_INLINE,
+    Mode.PIPELINED: lib.WSLOOP_INLINE,
+    Mode.PIPELINED_ASYNC: lib.WSLOOP_INLINE,
     Mode.OFFLOAD: lib.WSLOOP_OFFLOAD,
     Mode.BATCHED: lib.WSLOOP_BATCHED,
     Mode.THRESHOLD: lib.WSLOOP_THRESHOLD,
@@ -277,7 +283,7 @@ class Server:
         self.conns: dict[int, _Conn] = {}
         self.stats = ServerStats()
         self.running = False
-        self.caller_io = config.mode is not Mode.INLINE
+        self.caller_io = config.mode.offloads
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.pool: Any = ffi.NULL
         if self.caller_io:
@@ -507,6 +513,11 @@ class Server:
         phase = conn.phase
         if phase is Phase.CLOSED:
             return
+        if self.cfg.mode.asynchronous and self._await_async(conn):
+            # An SSL call paused in an ASYNC job: its end decides, not the socket (the
+            # loop stopped the socket's events: watched again after)
+            conn.events = -1
+            return
         if phase is Phase.ENDING:
             self._consume(conn)  # what is left since the output last blocked
             if conn.phase is not Phase.ENDING:
@@ -557,6 +568,15 @@ class Server:
                 conn.tls.fill()
             except TLSEOFError:
                 pass
+
+    def _await_async(self, conn: _Conn) -> bool:
+        """An SSL call of this (Python-driven) connection paused in an ASYNC job: the loop
+        reports the connection ready (in, out) when the job is done, and the handlers
+        repeat the call.  True when it did."""
+        if conn.hot or conn.tls is None or not conn.tls.want_async:
+            return False
+        self._check(lib.wsloop_async(self.loop, conn.fd, conn.c), "async")
+        return True
 
     def _read_open(self, conn: _Conn) -> None:
         """OPEN and readable, not hot (the framer is mid-message, or the fast path is
@@ -828,7 +848,9 @@ class Server:
         lib.wsloop_get_counters(self.loop, counters)
         self.stats.loop = {k: getattr(counters, k) for k in ("polls", "hot_events", "reported",
                            "dispatches", "jobs", "parks", "unparks", "pings", "scans",
-                           "wakes")}  # fmt: skip
+                           "wakes", "async_waits", "async_resumes")}  # fmt: skip
+        if self.cfg.mode.asynchronous or self.cfg.mode.pipelined:
+            self.stats.crypto = dataclasses.asdict(crypto_counters())
         lib.wsloop_free(self.loop)
         lib.offload_free(self.pool)  # joins the workers (NULL: nothing)
         self.stats.cpu_s = _cpu_seconds()
@@ -839,11 +861,11 @@ class Server:
 
 def server_context(config: ServerConfig) -> TLSContext:
     """The configured certificate, or a fresh in-memory self-signed one (RSA 2048)."""
+    kw = config.context_kwargs()
     if config.certfile is not None and config.keyfile is not None:
-        return TLSContext(
-            True, certfile=config.certfile, keyfile=config.keyfile, records=config.records
-        )
-    return TLSContext.server_self_signed("localhost", records=config.records)
+        return TLSContext(True, certfile=config.certfile, keyfile=config.keyfile,
+                          records=config.records, **kw)  # fmt: skip
+    return TLSContext.server_self_signed("localhost", records=config.records, **kw)
 
 
 def _cpu_seconds() -> float:
