@@ -348,8 +348,11 @@ class Server:
     def stop(self) -> None:
         """Ask the loop to finish (safe from a signal handler or another thread)."""
         self.running = False
+        wake = self._wake_w
+        if wake < 0:  # the loop has ended already (its fds are closed, maybe reused)
+            return
         try:
-            os.write(self._wake_w, b"x")
+            os.write(wake, b"x")
         except BlockingIOError:
             pass
 
@@ -856,7 +859,8 @@ class Server:
         self.stats.cpu_s = _cpu_seconds()
         self.listener.close()
         os.close(self._wake_r)
-        os.close(self._wake_w)
+        wake, self._wake_w = self._wake_w, -1  # stop() from now on: nothing to wake
+        os.close(wake)
 
 
 def server_context(config: ServerConfig) -> TLSContext:
