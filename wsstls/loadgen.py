@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from ._native import ffi, lib
+from ._cdata import ffi, handle, lib
 from .tls import TLSContext
 
 __all__ = ["LoadResult", "LoadgenError", "StopFlag", "parse_url", "run"]
@@ -267,7 +267,7 @@ def run(
         cfg.path = cstr(target.path)
         cfg.host_header = cstr(target.host_header)
         cfg.use_tls = int(target.tls)
-        cfg.ssl_ctx = tls_context._ctx if tls_context is not None else ffi.NULL
+        cfg.ssl_ctx = handle(tls_context) if tls_context is not None else ffi.NULL
         cfg.server_name = cstr(target.server_name) if target.tls else ffi.NULL
         cfg.connections = shares[i]
         cfg.message_size = size

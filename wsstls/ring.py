@@ -26,34 +26,36 @@ import errno as _errno
 import operator
 import os
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeAlias
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from ._native import ffi, lib
+from ._cdata import Buffer, CData, FileLike, c_buffer, ffi, fileno, lib
+from ._cdata import index as _index
 
 __all__ = ["STAGE_SIZE", "RingBuffer", "RingStats"]
 
-Buffer: TypeAlias = Any  # any object supporting the buffer protocol
+class _Bytes(Protocol):
+    """What ``ffi.buffer`` gives: slicing makes bytes."""
 
+    def __getitem__(self, index: slice) -> bytes: ...
 
-class _HasFileno(Protocol):
-    def fileno(self) -> int: ...
-
-
-FileLike: TypeAlias = "int | _HasFileno"
 
 #: Reads and peeks up to this size take the one-crossing staged path.
 STAGE_SIZE = 2048
 
+# The C calls of the hot paths, bound once (and typed: cffi's are not visible to mypy).
 _create = lib.ring_create
 _destroy = lib.ring_destroy
-_write = lib.ring_write
-_read = lib.ring_read
-_peek = lib.ring_peek
-_len = lib.ring_len
-_readable_spans = lib.ring_readable_spans
-_consume = lib.ring_consume
-_from_buffer = ffi.from_buffer
-_CHARS = ffi.typeof("char[]")  # resolved once: a cdecl string costs a parse per call
+_write: Callable[[CData, Any, int], int] = lib.ring_write
+_read: Callable[..., int] = lib.ring_read  # (ring, dst, n)
+_peek: Callable[..., int] = lib.ring_peek  # (ring, dst, n)
+_len: Callable[[CData], int] = lib.ring_len
+_writable: Callable[[CData], int] = lib.ring_writable
+_discard: Callable[[CData, int], int] = lib.ring_discard
+_readable_spans: Callable[[CData, int, Any], int] = lib.ring_readable_spans
+_consume: Callable[[CData, int], int] = lib.ring_consume
+_read_fd: Callable[[CData, int], int] = lib.ring_read_fd
+_write_fd: Callable[[CData, int], int] = lib.ring_write_fd
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,42 +66,6 @@ class RingStats:
     """memcpy calls (a span that wraps costs two)."""
     bytes_copied: int
     """bytes those copies moved."""
-
-
-def _index(value: object, name: str) -> int:
-    try:
-        return operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}") from None
-
-
-def _c_buffer(obj: object, name: str, writable: bool) -> Any:
-    """``obj``'s memory as a cdata ``char[]`` of its size in bytes (no copy)."""
-    try:
-        return _from_buffer(_CHARS, obj, writable)  # positional: keywords cost ~100 ns here
-    except (TypeError, BufferError) as exc:
-        kind = "a writable, C-contiguous" if writable else "a C-contiguous"
-        raise TypeError(
-            f"{name} must be {kind} bytes-like object, not {type(obj).__name__} ({exc})"
-        ) from None
-
-
-_FD_MAX = 2**31 - 1  # a C int; negative ones reach the kernel and give EBADF
-
-
-def _fileno(sock_or_fd: object) -> int:
-    if isinstance(sock_or_fd, int) and not isinstance(sock_or_fd, bool):
-        fd = sock_or_fd
-    else:
-        fileno = getattr(sock_or_fd, "fileno", None)
-        if fileno is None:
-            raise TypeError(
-                f"sock_or_fd must be an int or have fileno(), not {type(sock_or_fd).__name__}"
-            )
-        fd = _index(fileno(), "sock_or_fd.fileno()")
-    if not -_FD_MAX - 1 <= fd <= _FD_MAX:
-        raise ValueError(f"sock_or_fd: {fd} is not a file descriptor")
-    return fd
 
 
 def _os_error(neg_errno: int) -> OSError:
@@ -116,7 +82,7 @@ class RingBuffer:
     """
 
     __slots__ = (
-        "_r",
+        "_handle",
         "_mem",
         "_stage",
         "_staged",
@@ -158,16 +124,16 @@ class RingBuffer:
         return self
 
     def _init(self, r: Any, mirrored: bool) -> None:
-        self._r = r
+        self._handle = r
         offset = lib.ring_data_offset(r)
-        # ffi.buffer keeps self._r's cdata alive: so does every slice of _mem.
+        # ffi.buffer keeps self._handle's cdata alive: so does every slice of _mem.
         self._mem: memoryview | None = memoryview(ffi.buffer(r, offset + lib.ring_data_span(r)))[
             offset:
         ]
         self._cap: int = lib.ring_cap(r)
         self._mirrored = mirrored
         self._stage = ffi.new("char[]", min(STAGE_SIZE, self._cap))
-        self._staged = ffi.buffer(self._stage)  # slicing it makes bytes: one copy
+        self._staged: _Bytes = ffi.buffer(self._stage)  # slicing it makes bytes: one copy
         # One span buffer per side: the producer's writable_views must not
         # overwrite the spans the consumer is turning into views.
         self._rspans = ffi.new("size_t[4]")
@@ -178,9 +144,9 @@ class RingBuffer:
     # ---------------------------------------------------------- errors
 
     def _check(self) -> Any:
-        if self._r is None:
+        if self._handle is None:
             raise ValueError("operation on a closed RingBuffer")
-        return self._r
+        return self._handle
 
     # ------------------------------------------------------- inspection
 
@@ -199,12 +165,12 @@ class RingBuffer:
     @property
     def closed(self) -> bool:
         """True after ``close()``."""
-        return self._r is None
+        return self._handle is None
 
     def __len__(self) -> int:
         """Readable bytes."""
         try:
-            return _len(self._r)
+            return _len(self._handle)
         except TypeError:
             self._check()
             raise
@@ -212,7 +178,7 @@ class RingBuffer:
     @property
     def writable(self) -> int:
         """Free bytes: how much the next ``write`` can take."""
-        return lib.ring_writable(self._check())
+        return _writable(self._check())
 
     @property
     def empty(self) -> bool:
@@ -237,19 +203,19 @@ class RingBuffer:
         self._py_copies = self._py_bytes = 0
 
     def __repr__(self) -> str:
-        if self._r is None:
+        if self._handle is None:
             return "<RingBuffer closed>"
         kind = " mirrored" if self._mirrored else ""
-        return f"<RingBuffer{kind} capacity={self._cap} len={_len(self._r)}>"
+        return f"<RingBuffer{kind} capacity={self._cap} len={_len(self._handle)}>"
 
     # ----------------------------------------------------------- copies
 
     def write(self, data: Buffer) -> int:
         """Copy in as much of ``data`` as fits; return that count (0 when full)."""
         if type(data) is not bytes:  # cffi passes bytes as they are; others need a view
-            data = _c_buffer(data, "data", writable=False)
+            data = c_buffer(data, "data", writable=False)
         try:
-            return _write(self._r, data, len(data))
+            return _write(self._handle, data, len(data))
         except TypeError:
             self._check()  # closed: ValueError
             raise
@@ -257,8 +223,8 @@ class RingBuffer:
     def read(self, n: int | None = -1) -> bytes:
         """Remove and return up to ``n`` bytes (all readable bytes when ``n`` < 0 or None)."""
         try:
-            if 0 <= n <= STAGE_SIZE:
-                return self._staged[: _read(self._r, self._stage, n)]
+            if 0 <= n <= STAGE_SIZE:  # type: ignore[operator]  # (None, others: TypeError)
+                return self._staged[: _read(self._handle, self._stage, n)]
         except TypeError:
             pass
         return self._take(n, consume=True)
@@ -266,8 +232,8 @@ class RingBuffer:
     def peek(self, n: int | None = -1) -> bytes:
         """Return up to ``n`` readable bytes (all when ``n`` < 0 or None), keeping them."""
         try:
-            if 0 <= n <= STAGE_SIZE:
-                return self._staged[: _peek(self._r, self._stage, n)]
+            if 0 <= n <= STAGE_SIZE:  # type: ignore[operator]  # (None, others: TypeError)
+                return self._staged[: _peek(self._handle, self._stage, n)]
         except TypeError:
             pass
         return self._take(n, consume=False)
@@ -276,7 +242,7 @@ class RingBuffer:
         """read/peek from views: one copy, by bytes.join, into the result."""
         # Both taken once (close() on another thread may clear them at any moment;
         # what is taken here stays valid): ValueError if closed, never None below.
-        r, mem = self._r, self._mem
+        r, mem = self._handle, self._mem
         if r is None or mem is None:
             raise ValueError("operation on a closed RingBuffer")
         if type(n) is not int:
@@ -288,9 +254,9 @@ class RingBuffer:
             return b""
         off, first = spans[0], spans[1]
         if segs == 1:
-            data = mem[off : off + first].tobytes()  # type: ignore[index]
+            data = mem[off : off + first].tobytes()
         else:
-            data = b"".join((mem[off : off + first], mem[: spans[3]]))  # type: ignore[index]
+            data = b"".join((mem[off : off + first], mem[: spans[3]]))
         self._py_copies += segs
         self._py_bytes += len(data)
         if consume:
@@ -299,10 +265,10 @@ class RingBuffer:
 
     def readinto(self, buffer: Buffer) -> int:
         """Move up to ``len(buffer)`` bytes into a writable buffer; return the count."""
-        r = self._r
+        r = self._handle
         if r is None:
             self._check()
-        dst = _c_buffer(buffer, "buffer", writable=True)
+        dst = c_buffer(buffer, "buffer", writable=True)
         return _read(r, dst, len(dst))
 
     def discard(self, n: int) -> int:
@@ -311,7 +277,7 @@ class RingBuffer:
         n = _index(n, "n")
         if n < 0:
             raise ValueError(f"discard: n must be >= 0, got {n}")
-        return lib.ring_discard(r, min(n, self._cap))
+        return _discard(r, min(n, self._cap))
 
     def reset(self) -> None:
         """Empty the ring (both sides idle); the copy counters are kept."""
@@ -335,7 +301,7 @@ class RingBuffer:
         """
         # Both taken once (close() on another thread may clear them at any moment;
         # what is taken here stays valid): ValueError if closed, never None below.
-        r, mem = self._r, self._mem
+        r, mem = self._handle, self._mem
         if r is None or mem is None:
             raise ValueError("operation on a closed RingBuffer")
         spans = self._rspans
@@ -345,7 +311,7 @@ class RingBuffer:
         """The free space as 0, 1 or 2 memoryviews, in order; fill them, then ``commit(n)``."""
         # Both taken once (close() on another thread may clear them at any moment;
         # what is taken here stays valid): ValueError if closed, never None below.
-        r, mem = self._r, self._mem
+        r, mem = self._handle, self._mem
         if r is None or mem is None:
             raise ValueError("operation on a closed RingBuffer")
         spans = self._wspans
@@ -374,7 +340,7 @@ class RingBuffer:
         is full (no system call is made), OSError on other errors.
         """
         r = self._check()
-        got = lib.ring_read_fd(r, _fileno(sock_or_fd))
+        got = _read_fd(r, fileno(sock_or_fd))
         if got >= 0:
             return got
         if got == -_errno.ENOBUFS:
@@ -388,7 +354,7 @@ class RingBuffer:
         block, OSError (e.g. BrokenPipeError) on other errors; never SIGPIPE.
         """
         r = self._check()
-        put = lib.ring_write_fd(r, _fileno(sock_or_fd))
+        put = _write_fd(r, fileno(sock_or_fd))
         if put >= 0:
             return put
         raise _os_error(put)
@@ -397,7 +363,7 @@ class RingBuffer:
 
     def close(self) -> None:
         """Release the ring; idempotent.  Exported views keep the memory until they go."""
-        self._r = None
+        self._handle = None
         self._mem = None
 
     def __enter__(self) -> RingBuffer:

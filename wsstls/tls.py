@@ -29,9 +29,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any, NoReturn
 
-from ._cdata import TLS_WAITS, TLSStatus
-from ._native import ffi, lib
-from .ring import Buffer, RingBuffer, _c_buffer, _fileno, _index
+from ._cdata import TLS_WAITS, TLSStatus, Buffer, c_buffer, ffi, fileno, handle, lib
+from ._cdata import index as _index
+from .ring import RingBuffer
 
 __all__ = [
     "Crypto",
@@ -45,6 +45,7 @@ __all__ = [
     "TLSVersion",
     "Transport",
     "crypto_counters",
+    "openssl_version",
     "reset_crypto_counters",
     "self_signed",
 ]
@@ -105,6 +106,7 @@ _TRANSPORT_CODE = {
 RECORDS = ("openssl", "direct")
 _RECORDS_COUNTERS = [name for name, _ in ffi.typeof("struct records_counters").fields]
 
+_ALL = 1 << 62  # write_from: "every readable byte" (more than any ring holds)
 _read_ring = lib.tls_read_ring
 _write = lib.tls_write
 _write_ring = lib.tls_write_ring
@@ -196,6 +198,12 @@ class SelfSigned:
 
     cert_pem: bytes
     key_pem: bytes
+
+
+def openssl_version() -> str:
+    """The OpenSSL wsstls runs with, e.g. "OpenSSL 3.0.19 27 Jan 2026" (it may differ from the
+    one Python's ``ssl`` module reports)."""
+    return str(ffi.string(lib.tls_openssl_version()).decode("ascii", "replace"))
 
 
 def self_signed(name: str = "localhost", bits: int = 2048, days: int = 30) -> SelfSigned:
@@ -330,7 +338,7 @@ class TLSContext:
         raw = lib.tls_ctx_new_crypto(server, flags, threads, offload_threshold)
         if raw == ffi.NULL:
             raise TLSError(_last_error("SSL_CTX_new failed"))
-        self._ctx = ffi.gc(raw, lib.tls_ctx_free)
+        self._handle = ffi.gc(raw, lib.tls_ctx_free)
         self.server = server
         self.certificate_pem: bytes | None = None
         if (certfile is None) != (keyfile is None) or (cert_pem is None) != (key_pem is None):
@@ -494,7 +502,7 @@ class TLSConnection:
                 f"transport must be one of {[t.value for t in Transport]}, got {transport!r}"
             ) from None
         try:
-            fd = -1 if sock is None else _fileno(sock)
+            fd = -1 if sock is None else fileno(sock)
         except TypeError:
             raise TypeError(
                 f"sock must be a socket, an fd or None, not {type(sock).__name__}"
@@ -532,11 +540,11 @@ class TLSConnection:
             raise ValueError("caller_io is for the ring transport over a socket")
         host = ffi.NULL if server_hostname is None else _host_bytes(server_hostname)
         raw = lib.tls_conn_new(
-            context._ctx, _TRANSPORT_CODE[self.transport], fd, ring_capacity, flags, host
+            handle(context), _TRANSPORT_CODE[self.transport], fd, ring_capacity, flags, host
         )
         if raw == ffi.NULL:
             raise TLSError(_last_error("cannot create the connection"))
-        self._c = ffi.gc(raw, lib.tls_conn_free)
+        self._handle = ffi.gc(raw, lib.tls_conn_free)
         self.context = context
         self._sock = sock  # keeps a socket object (and so its fd) alive
         self._async = context.crypto is Crypto.ASYNC
@@ -549,7 +557,7 @@ class TLSConnection:
     # ------------------------------------------------------------ errors
 
     def _raise(self, status: int) -> NoReturn:
-        message = ffi.string(lib.tls_conn_error(self._c)).decode("utf-8", "replace")
+        message = ffi.string(lib.tls_conn_error(self._handle)).decode("utf-8", "replace")
         if status == TLSStatus.EOF:
             raise TLSEOFError(message or "the transport ended without close_notify")
         raise TLSError(message or f"TLS error (status {status})")
@@ -569,9 +577,9 @@ class TLSConnection:
         self._raise(status)
 
     def _live(self) -> Any:
-        if self._c is None:
+        if self._handle is None:
             raise ValueError("operation on a closed TLSConnection")
-        return self._c
+        return self._handle
 
     def _resuming(self, op: int, obj: object) -> None:
         """ASYNC: a paused read (or ring write) must resume with the memory it started with."""
@@ -583,7 +591,7 @@ class TLSConnection:
 
     def _held(self, op: int, obj: object) -> None:
         """ASYNC, after a call of ``op``: keep ``obj`` alive while that call is paused."""
-        paused = lib.tls_async_paused(self._c)
+        paused = lib.tls_async_paused(self._handle)
         if paused == op:
             self._hold = obj
         elif paused == lib.TLS_OP_NONE:
@@ -623,12 +631,12 @@ class TLSConnection:
         if self._async:
             self._resuming(lib.TLS_OP_READ, ring)
         try:
-            got = _read_ring(self._c, ring._r)
-        except (TypeError, AttributeError):
+            got = _read_ring(self._handle, handle(ring))
+        except (TypeError, ValueError):
             self._live()
             if not isinstance(ring, RingBuffer):
                 raise TypeError(f"ring must be a RingBuffer, not {type(ring).__name__}") from None
-            if ring._r is None:
+            if ring.closed:
                 raise ValueError("read_into: the ring is closed") from None
             raise
         if self._async:
@@ -641,7 +649,7 @@ class TLSConnection:
         ASYNC contexts: a read that paused (``want_async``) resumes into the same
         buffer; pass that one again (a different one raises ValueError).
         """
-        dst = _c_buffer(buffer, "buffer", writable=True)
+        dst = c_buffer(buffer, "buffer", writable=True)
         c = self._live()
         if self._async:
             self._resuming(lib.TLS_OP_READ, buffer)
@@ -673,11 +681,11 @@ class TLSConnection:
         retry with the same bytes).  Raises TLSError on failure.
         """
         if type(data) is not bytes:
-            data = _c_buffer(data, "data", writable=False)
+            data = c_buffer(data, "data", writable=False)
             if self._async:  # a paused write reads this memory later: a copy of
                 data = ffi.buffer(data)[:]  # ours, so the caller may resize its buffer
         try:
-            put = _write(self._c, data, len(data))
+            put = _write(self._handle, data, len(data))
         except TypeError:
             self._live()
             raise
@@ -695,12 +703,12 @@ class TLSConnection:
         if self._async:
             self._resuming(lib.TLS_OP_WRITE, ring)
         try:
-            put = _write_ring(self._c, ring._r, ring._cap if n < 0 else n)
-        except (TypeError, AttributeError):
+            put = _write_ring(self._handle, handle(ring), _ALL if n < 0 else n)
+        except (TypeError, ValueError):
             self._live()
             if not isinstance(ring, RingBuffer):
                 raise TypeError(f"ring must be a RingBuffer, not {type(ring).__name__}") from None
-            if ring._r is None:
+            if ring.closed:
                 raise ValueError("write_from: the ring is closed") from None
             raise TypeError(f"n must be an int, not {type(n).__name__}") from None
         if self._async:
@@ -719,7 +727,7 @@ class TLSConnection:
         """Read what the socket holds into the incoming ring (``ring``): bytes,
         0 when the ring is full, None when the socket had nothing.  Raises
         TLSEOFError at the end of the stream, TLSError on a socket error."""
-        got = lib.tls_fill(self._live())
+        got: int = lib.tls_fill(self._live())
         if got >= 0:
             return got
         if got == TLSStatus.WANT_READ:
@@ -736,7 +744,7 @@ class TLSConnection:
     @property
     def pending_out(self) -> int:
         """Ciphertext queued for the peer (with a socket: wait for writable, then flush)."""
-        return lib.tls_pending_out(self._live())
+        return int(lib.tls_pending_out(self._live()))
 
     @property
     def has_pending(self) -> bool:
@@ -766,7 +774,7 @@ class TLSConnection:
     @property
     def async_fd(self) -> int:
         """The fd to wait on while ``want_async`` (-1 for a context not ASYNC)."""
-        return lib.tls_async_fd(self._live())
+        return int(lib.tls_async_fd(self._live()))
 
     def async_stats(self) -> dict[str, int]:
         """This connection's ASYNC counters: pauses, resumes, want_async, offloaded,
@@ -778,7 +786,7 @@ class TLSConnection:
 
     def shutdown(self) -> bool:
         """Send close_notify; True when the peer's close_notify was received as well."""
-        status = lib.tls_shutdown(self._live())
+        status: int = lib.tls_shutdown(self._live())
         if status >= 0:
             return status == 1
         if status in TLS_WAITS:
@@ -795,8 +803,8 @@ class TLSConnection:
 
     def feed(self, data: Buffer) -> int:
         """Give ciphertext received from the peer; returns how much was taken."""
-        src = data if type(data) is bytes else _c_buffer(data, "data", writable=False)
-        return lib.tls_feed(self._sans_io(), src, len(src))
+        src = data if type(data) is bytes else c_buffer(data, "data", writable=False)
+        return int(lib.tls_feed(self._sans_io(), src, len(src)))
 
     def feed_eof(self) -> None:
         """Tell the connection the peer's stream has ended."""
@@ -812,7 +820,7 @@ class TLSConnection:
         if n == 0:
             return b""
         buf = ffi.new("char[]", n)
-        return ffi.buffer(buf, lib.tls_take(c, buf, n))[:]
+        return bytes(ffi.buffer(buf, lib.tls_take(c, buf, n)))
 
     # -------------------------------------------------------------- info
 
@@ -843,7 +851,7 @@ class TLSConnection:
         if n == 0:
             return None
         try:
-            return ffi.buffer(der[0], n)[:]
+            return bytes(ffi.buffer(der[0], n))
         finally:
             lib.tls_free(der[0])
 
@@ -851,12 +859,12 @@ class TLSConnection:
     def records(self) -> str:
         """Who seals and opens records: "openssl", "direct", or "handover" until
         a direct context's handshake is done."""
-        return ffi.string(lib.tls_records(self._live())).decode()
+        return str(ffi.string(lib.tls_records(self._live())).decode())
 
     @property
     def records_reason(self) -> str:
         """Why a direct context's connection stayed on OpenSSL's records ("" if not)."""
-        return ffi.string(lib.tls_records_why(self._live())).decode()
+        return str(ffi.string(lib.tls_records_why(self._live())).decode())
 
     def records_counters(self) -> dict[str, int]:
         """The direct record layer's counters (zeros on OpenSSL's records)."""
@@ -871,7 +879,7 @@ class TLSConnection:
     @property
     def errno(self) -> int:
         """errno of the last socket failure (0 if none)."""
-        return lib.tls_conn_errno(self._live())
+        return int(lib.tls_conn_errno(self._live()))
 
     def ledger(self) -> TLSLedger:
         """System calls, kernel bytes and copies this connection made so far."""
@@ -888,9 +896,9 @@ class TLSConnection:
         """Free the SSL object now (does not send close_notify or close the socket).
 
         A call paused in an ASYNC job is completed first, while its buffer is alive."""
-        if self._c is not None and self._async:
-            lib.tls_async_finish(self._c)
-        self._c = None
+        if self._handle is not None and self._async:
+            lib.tls_async_finish(self._handle)
+        self._handle = None
         self._hold = None
         self._sock = None
 
@@ -901,7 +909,7 @@ class TLSConnection:
         self.close()
 
     def __repr__(self) -> str:
-        if self._c is None:
+        if self._handle is None:
             return "<TLSConnection closed>"
         side = "server" if self.context.server else "client"
         return f"<TLSConnection {side} {self.transport.value} {self.version or 'handshaking'}>"

@@ -40,7 +40,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-from ._native import ffi, lib
+from ._cdata import Buffer, ffi, lib
 
 __all__ = [
     "DEFAULT_IN_PLACE_LIMIT",
@@ -76,7 +76,6 @@ __all__ = [
     "parse_close",
 ]
 
-Buffer: TypeAlias = Any  # any object supporting the buffer protocol
 
 #: Largest message (sum of its frames' payloads) accepted by default: 16 MiB.
 DEFAULT_MAX_SIZE = 16 * 1024 * 1024

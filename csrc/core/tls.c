@@ -1939,6 +1939,8 @@ size_t tls_peer_cert(const tls_conn *c, unsigned char **der)
 
 int tls_session_reused(const tls_conn *c) { return SSL_session_reused(c->ssl); }
 
+const char *tls_openssl_version(void) { return OpenSSL_version(OPENSSL_VERSION); }
+
 const char *tls_records(const tls_conn *c) { return c->rec->name; }
 const char *tls_records_why(const tls_conn *c) { return c->records_why; }
 

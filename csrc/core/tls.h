@@ -233,6 +233,10 @@ size_t tls_alpn(const tls_conn *c, char *buf, size_t n);
 /* The peer's certificate as DER (free with tls_free): length, 0 if none. */
 size_t tls_peer_cert(const tls_conn *c, unsigned char **der);
 int tls_session_reused(const tls_conn *c);
+
+/* The OpenSSL this extension runs with ("OpenSSL 3.0.19 27 Jan 2026"), a static
+ * string: the copy ledger's exact counts hold for the versions they were measured on. */
+const char *tls_openssl_version(void);
 /* The record path: "openssl", "direct", or "handover" until a direct
  * context's handshake is done; why a direct context's connection stayed on
  * OpenSSL's ("" if it did not); the direct layer's counters (zeros on

@@ -188,14 +188,14 @@ static void record(struct lg *g, uint64_t lat)
     g->samples[g->nsamples++] = lat;
 }
 
-/* LSD radix sort, 11-bit digits, only as many passes as the largest value
- * needs (3 for anything under 8.6 s).  Falls back to qsort without memory. */
 static int cmp_u64(const void *a, const void *b)
 {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
     return (x > y) - (x < y);
 }
 
+/* LSD radix sort, 11-bit digits, only as many passes as the largest value
+ * needs (3 for anything under 8.6 s).  Falls back to qsort without memory. */
 static void sort_u64(uint64_t *a, size_t n)
 {
     if (n < 2)

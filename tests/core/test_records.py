@@ -77,6 +77,7 @@ def payloads(n: int = 40) -> list[bytes]:
 # ============================================================ interop
 
 
+@pytest.mark.slow
 @suites
 @pytest.mark.parametrize("tickets", [0, 2])
 def test_stdlib_client_direct_server(suite: str, tickets: int) -> None:
@@ -200,6 +201,7 @@ def echo_lines(out: bytearray) -> bytes:
     return b"".join(x + b"\n" for x in lines if x.startswith((b"before", b"after")))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl CLI")
 @suites
 def test_s_client_key_updates(ca_file: Path, suite: str) -> None:
@@ -255,6 +257,7 @@ def test_s_client_key_updates(ca_file: Path, suite: str) -> None:
 # ========================================================= equivalence
 
 
+@pytest.mark.slow
 @settings(
     max_examples=25,
     deadline=None,

@@ -26,7 +26,7 @@ SOURCES = [CORE / "records.c", CORE / "ring.c", CORE / "ringbio.c", C / "records
 GCC = shutil.which("gcc")
 REPORTS = re.compile(r"ERROR: AddressSanitizer|runtime error:|ERROR: LeakSanitizer")
 
-pytestmark = pytest.mark.skipif(GCC is None, reason="gcc is not installed")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(GCC is None, reason="gcc is not installed")]
 
 
 def test_records_against_openssl_under_sanitizers(tmp_path: Path) -> None:

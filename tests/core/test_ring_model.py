@@ -325,9 +325,9 @@ MACHINE_SETTINGS = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
-TestRingModel = RingMachine.TestCase
+TestRingModel = pytest.mark.slow(RingMachine.TestCase)
 TestRingModel.settings = MACHINE_SETTINGS
-TestMirroredRingModel = MirroredRingMachine.TestCase
+TestMirroredRingModel = pytest.mark.slow(MirroredRingMachine.TestCase)
 TestMirroredRingModel.settings = settings(MACHINE_SETTINGS, max_examples=120)
 
 
@@ -339,6 +339,7 @@ def _check_layout(views: list[memoryview], cap: int, mirrored: bool, pos: int, n
     assert [len(v) for v in views] == [length for _, length in expected], (pos, n)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("requested", "mirrored"),
     [(1, False), (2, False), (5, False), (16, False), (2 * STAGE_SIZE, False), (PAGE, True)],

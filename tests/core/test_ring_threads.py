@@ -268,6 +268,7 @@ def run_pair(mirrored: bool, producer: Side, consumer: Side, seed: int) -> None:
     p.rb.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mirrored", [False, True], ids=["plain", "mirrored"])
 @pytest.mark.parametrize(("producer", "consumer"), PAIRS, ids=[f"{a}-{b}" for a, b in PAIRS])
 def test_spsc_100mib(mirrored: bool, producer: str, consumer: str) -> None:

@@ -23,7 +23,7 @@ SOURCES = [
 ]
 GCC = shutil.which("gcc")
 
-pytestmark = pytest.mark.skipif(GCC is None, reason="gcc is not installed")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(GCC is None, reason="gcc is not installed")]
 
 SANITIZERS = {
     "tsan": ["-fsanitize=thread"],

@@ -214,6 +214,7 @@ def test_connection_loss_while_paused() -> None:
         ours.close()
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     sizes=st.lists(st.integers(1, 120_000), min_size=1, max_size=4),

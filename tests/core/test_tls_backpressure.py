@@ -173,6 +173,7 @@ def check_complete(*streams: Stream) -> None:
 # ================================================================ sans-IO
 
 
+@pytest.mark.slow
 @settings(common, max_examples=120)
 @given(
     transport=st.sampled_from(SANS_IO_TRANSPORTS),
@@ -258,6 +259,7 @@ def sock_bufsize(sock: socket.socket) -> int:
     return sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
 
 
+@pytest.mark.slow
 @settings(common, max_examples=80)
 @given(
     transport=st.sampled_from(TRANSPORTS),

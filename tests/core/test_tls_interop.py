@@ -463,6 +463,7 @@ def s_client(args: list[str]) -> Iterator[subprocess.Popen[bytes]]:
                 pipe.close()
 
 
+@pytest.mark.slow
 @transports
 @pytest.mark.parametrize(("flag", "version"), [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")])
 def test_openssl_s_client(ca_file: Path, transport: str, flag: str, version: str) -> None:

@@ -40,6 +40,8 @@ from tlsutil import (
 from wsstls import RingBuffer
 from wsstls.tls import TLSVersion
 
+pytestmark = pytest.mark.slow
+
 TOTAL = 100 * 2**20
 PERIOD = 1_000_003  # not a power of two: a misplaced chunk does not match by accident
 CHUNK = 256 * 1024

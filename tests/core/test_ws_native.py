@@ -13,6 +13,7 @@ import itertools
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from wsstls._native import ffi, lib
 
 ACCEPT = lib.UTF8_ACCEPT
@@ -229,6 +230,7 @@ def test_each_damage_split_at_every_position(bad: bytes) -> None:
         assert state != ACCEPT
 
 
+@pytest.mark.slow
 def test_every_two_byte_sequence() -> None:
     for a, b in itertools.product(range(256), repeat=2):
         data = bytes((a, b))

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from wsstls._native import ffi, lib
 
+from wsstls._native import ffi, lib
 from wsstls.loadgen import LoadResult, parse_url, run
 from wsstls.tls import TLSContext, self_signed
 
@@ -160,6 +160,7 @@ def ws_url() -> Iterator[str]:
 # --------------------------------------------------------------- echo runs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [0, 64, 125, 126, 65535, 65536])
 def test_echo_sizes(echo_server: str, size: int) -> None:
     r = run(echo_server, connections=3, size=size, **SHORT)

@@ -36,7 +36,7 @@ from websockets.exceptions import ConnectionClosedError  # noqa: E402
 
 from wsstls.measure.bench import peers_dir  # noqa: E402
 
-pytestmark = [pytest.mark.no_sanitizer, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.slow, pytest.mark.no_sanitizer, pytest.mark.timeout(120)]
 
 PEERS_DIR = peers_dir()
 # peer script -> the library it needs (None: stdlib only)

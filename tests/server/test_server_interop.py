@@ -230,6 +230,7 @@ def test_the_server_closing_first_is_seen_by_the_client(server: RunningServer) -
     run(main())
 
 
+@pytest.mark.slow
 def test_many_messages_on_one_connection(server: RunningServer) -> None:
     """20,000 messages of mixed types and sizes, pipelined in bursts, echoed in order."""
     rng = random.Random(7)

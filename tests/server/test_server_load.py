@@ -22,6 +22,8 @@ from serverutil import DESIGNS, ServerProcess, client_tls_context
 
 from wsstls.loadgen import LoadResult, run
 
+pytestmark = pytest.mark.slow
+
 server_certs = serverutil.server_certs
 
 

@@ -50,6 +50,8 @@ from serverutil import (
 
 from wsstls.loadgen import run as loadgen_run
 
+pytestmark = pytest.mark.slow
+
 server_certs = serverutil.server_certs
 process_factory = serverutil.process_factory
 

@@ -1,6 +1,6 @@
 """The server connection's state table (wsstls/server/loop.py), and h11's rule that everything
 that moves the state machine lives in one place: a phase changes only in ``_advance``, the
-connection's registration with the C loop (``hot``, ``events``) only where ``_arm`` and the
+connection's registration with the C loop (``hot``, ``watching``) only where ``_arm`` and the
 loop's own reports put it."""
 
 from __future__ import annotations
@@ -69,8 +69,9 @@ def test_one_place_moves_the_phase() -> None:
 
 
 def test_one_place_arms_the_connection() -> None:
-    """``hot``/``events`` mirror the C loop's registration: set where Python changes it
-    (_arm, _watch), where the loop reports it changed (a COLD event) and on closing."""
-    allowed = {"_Conn.__init__", "Server._arm", "Server._watch", "Server._event", "Server._close"}
+    """``hot``/``watching`` mirror the C loop's registration: set where Python changes it
+    (_arm, _watch), where the loop reports it changed (a COLD report) and on closing."""
+    allowed = {"_Conn.__init__", "Server._arm", "Server._watch", "Server._on_report"}
+    allowed.add("Server._close")
     assert _assignments("hot") <= allowed
-    assert _assignments("events") <= allowed
+    assert _assignments("watching") <= allowed

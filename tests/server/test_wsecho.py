@@ -14,6 +14,7 @@ import pytest
 from wsstls._native import ffi, lib
 
 from wsstls import RingBuffer
+from wsstls._cdata import handle
 from wsstls.ws import Opcode, encode_frame
 
 KEY = b"\x11\x22\x33\x44"
@@ -32,7 +33,7 @@ class Echo:
 
     def pump(self, flags: int = lib.WSECHO_READ | lib.WSECHO_ECHO) -> int:
         select.select([self.server], [], [], 2.0)
-        return lib.wsecho_pump(ffi.NULL, self.plain._r, self.st, flags)
+        return lib.wsecho_pump(ffi.NULL, handle(self.plain), self.st, flags)
 
     def echoed(self) -> bytes:
         self.client.settimeout(2.0)

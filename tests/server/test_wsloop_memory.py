@@ -17,6 +17,7 @@ import pytest
 from tlsutil import close_all, socket_session
 from wsstls._native import ffi, lib
 
+from wsstls._cdata import handle
 from wsstls.ws import Opcode, encode_frame
 
 KEY = b"\x11\x22\x33\x44"
@@ -173,7 +174,7 @@ def test_tls_keepalive_ping_from_the_loop_and_parking() -> None:
     client, server = socket_session("ring")
     try:
         loop = Loop(park_ms=1, ping_ms=300, idle_ms=100_000)
-        st = loop.hot(server.sock.fileno(), server.conn._c)
+        st = loop.hot(server.sock.fileno(), handle(server.conn))
         loop.poll_until("parked", lambda _: loop.counters().parked == 1)
         assert server.conn.parked
         loop.poll_until("pinged", lambda _: loop.counters().pings >= 1)

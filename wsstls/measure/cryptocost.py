@@ -28,8 +28,16 @@ import select
 import statistics
 import time
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
-from ..tls import TLSConnection, TLSContext, TLSVersion, crypto_counters, self_signed
+from ..tls import (
+    SelfSigned,
+    TLSConnection,
+    TLSContext,
+    TLSVersion,
+    crypto_counters,
+    self_signed,
+)
 
 __all__ = ["DESIGNS", "Constants", "Prediction", "measure_constants", "predict", "render", "run"]
 
@@ -159,7 +167,9 @@ def _cpu_us(conn: TLSConnection, data: bytes, rounds: int) -> tuple[float, float
 def measure_constants(pipelines: int = 4, threshold: int = RECORD, rounds: int = 7) -> Constants:
     """Seal records inline, pipelined and paused in this process; the costs (see Constants)."""
     pem = self_signed("localhost")
-    kw = {"cert_pem": pem.cert_pem, "key_pem": pem.key_pem, "max_version": TLSVersion.TLSv1_2}
+    kw: dict[str, Any] = {
+        "cert_pem": pem.cert_pem, "key_pem": pem.key_pem, "max_version": TLSVersion.TLSv1_2
+    }  # fmt: skip
     client = TLSContext(False, verify=False)
     burst = 32  # records per measured write
     # a and b: a line through the inline cost of 1 KiB and 16 KiB records.
@@ -201,19 +211,19 @@ def constants_dict(k: Constants) -> dict[str, float]:
 
 def _contexts(design: str, pipelines: int, threshold: int) -> TLSContext:
     pem = _PEM()
-    kw: dict[str, object] = {"cert_pem": pem.cert_pem, "key_pem": pem.key_pem,
-                             "max_version": TLSVersion.TLSv1_2}  # fmt: skip
+    kw: dict[str, Any] = {"cert_pem": pem.cert_pem, "key_pem": pem.key_pem,
+                          "max_version": TLSVersion.TLSv1_2}  # fmt: skip
     if design in ("pipelined", "pipelined+async"):
         kw.update(pipelines=pipelines, split_send_fragment=RECORD)
     if design in ("async", "pipelined+async"):
         kw.update(crypto="async", offload_threshold=threshold)
-    return TLSContext(True, **kw)  # type: ignore[arg-type]
+    return TLSContext(True, **kw)
 
 
-_pem_cache: list[object] = []
+_pem_cache: list[SelfSigned] = []
 
 
-def _PEM():
+def _PEM() -> SelfSigned:
     if not _pem_cache:
         _pem_cache.append(self_signed("localhost"))
     return _pem_cache[0]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ..cliargs import Parser, choice_list, integer, size_list
-from ..tls import self_signed
+from ..tls import openssl_version, self_signed
 from .memcount import CLASSES, Counter, Counts, preload_env
 from .paths import PATHS, VARIANTS, make_path
 
@@ -176,11 +175,15 @@ def _run(args: argparse.Namespace) -> int:
     results = measure(tuple(args.paths), tuple(args.sizes), args.messages)
     measured = Counter.available()
     if args.json:
-        doc = {"measured_openssl": measured, "results": [m.as_dict() for m in results]}
+        doc = {
+            "openssl": openssl_version(),  # the library the counts are OpenSSL's copies of
+            "measured_openssl": measured,
+            "results": [m.as_dict() for m in results],
+        }
         json.dump(doc, sys.stdout, indent=2)
         print()
         return 0
-    print(f"wsstls copy ledger - {ssl.OPENSSL_VERSION}, TLS 1.3 over a socketpair, "
+    print(f"wsstls copy ledger - {openssl_version()}, TLS 1.3 over a socketpair, "
           f"{args.messages} messages per cell")  # fmt: skip
     if not measured:
         print("(the copy-counting shim is not preloaded: OpenSSL's own copies are not measured;"

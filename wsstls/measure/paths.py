@@ -30,11 +30,11 @@ import tempfile
 from ..ring import RingBuffer
 from ..tls import SelfSigned, TLSConnection, TLSContext
 
-__all__ = ["PATHS", "VARIANTS", "Path", "make_path"]
+__all__ = ["PATHS", "VARIANTS", "MessagePath", "make_path"]
 
 PATHS = ("ring", "mem", "pair", "fd", "direct", "stdlib-socket", "stdlib-memorybio")
 #: Variants of the ring BIO's design (and fd's best case), measured beside it.
-VARIANTS = {
+VARIANTS: dict[str, tuple[str, dict[str, bool]]] = {
     "ring-via-ring": ("ring", {"via_ring": True}),
     "ring-no-readahead": ("ring", {"read_ahead": False}),
     "fd-readahead": ("fd", {"read_ahead": True}),
@@ -56,7 +56,7 @@ def _handshake(step: object, socks: list[socket.socket]) -> None:
     raise TimeoutError("the handshake did not finish")
 
 
-class Path:
+class MessagePath:
     """A client end and a server end; each method moves one message one way."""
 
     name = ""
@@ -93,7 +93,7 @@ class Path:
 # -------------------------------------------------------------------- wsstls
 
 
-class _Wsstls(Path):
+class _Wsstls(MessagePath):
     def __init__(
         self,
         name: str,
@@ -101,7 +101,8 @@ class _Wsstls(Path):
         cert: SelfSigned,
         capacity: int,
         records: str = "openssl",
-        **options: bool,
+        read_ahead: bool | None = None,
+        via_ring: bool = False,
     ) -> None:
         self.name = f"wsstls {name}"
         self.a, self.b = socket.socketpair()
@@ -109,9 +110,15 @@ class _Wsstls(Path):
             s.setblocking(False)
         sctx = TLSContext(True, cert_pem=cert.cert_pem, key_pem=cert.key_pem, records=records)
         cctx = TLSContext(False, cadata=cert.cert_pem, records=records)
-        self.server = sctx.connection(self.a, transport=transport, **options)
+        self.server = sctx.connection(
+            self.a, transport=transport, read_ahead=read_ahead, via_ring=via_ring
+        )
         self.client = cctx.connection(
-            self.b, transport=transport, server_hostname="localhost", **options
+            self.b,
+            transport=transport,
+            server_hostname="localhost",
+            read_ahead=read_ahead,
+            via_ring=via_ring,
         )
         self.s_plain = RingBuffer(capacity)
         self.c_plain = RingBuffer(capacity)
@@ -202,7 +209,7 @@ def _stdlib_contexts(cert: SelfSigned, tmp: str) -> tuple[ssl.SSLContext, ssl.SS
     return server, client
 
 
-class _StdlibSocket(Path):
+class _StdlibSocket(MessagePath):
     """ssl.SSLSocket: OpenSSL on the socket (SSL_set_fd), read-ahead off."""
 
     name = "stdlib SSLSocket"
@@ -266,7 +273,7 @@ class _StdlibSocket(Path):
         self.server.close()
 
 
-class _StdlibMemoryBIO(Path):
+class _StdlibMemoryBIO(MessagePath):
     """ssl.SSLObject over two ssl.MemoryBIOs, pumped by hand (asyncio's design)."""
 
     name = "stdlib SSLObject+MemoryBIO"
@@ -327,7 +334,7 @@ class _StdlibMemoryBIO(Path):
         got, buf = 0, memoryview(self.buf)
         while got < n:
             try:
-                got += obj.read(n - got, buf[got:n])
+                got += int(obj.read(n - got, buf[got:n]))  # (with a buffer: a count)
             except ssl.SSLWantReadError:
                 if not self._pump_in(sock, inc):
                     _wait(sock)
@@ -351,7 +358,7 @@ class _StdlibMemoryBIO(Path):
         self.b.close()
 
 
-def make_path(name: str, cert: SelfSigned, capacity: int = 65536) -> Path:
+def make_path(name: str, cert: SelfSigned, capacity: int = 65536) -> MessagePath:
     """A connected, handshaken path named as in ``PATHS``."""
     if name == "stdlib-socket" or name == "stdlib-memorybio":
         with tempfile.TemporaryDirectory() as tmp:  # contexts load the files at once
@@ -359,7 +366,14 @@ def make_path(name: str, cert: SelfSigned, capacity: int = 65536) -> Path:
             return cls(cert, tmp)
     if name in VARIANTS:
         transport, options = VARIANTS[name]
-        return _Wsstls(name, transport, cert, capacity, **options)
+        return _Wsstls(
+            name,
+            transport,
+            cert,
+            capacity,
+            read_ahead=options.get("read_ahead"),
+            via_ring=options.get("via_ring", False),
+        )
     if name not in PATHS:
         raise ValueError(f"unknown path {name!r}; choose from {', '.join((*PATHS, *VARIANTS))}")
     if name == "direct":

@@ -12,6 +12,7 @@ import collections
 import io
 import json
 import platform
+import socket
 import ssl
 import statistics
 import sys
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .._native import ffi, lib
+from .._cdata import ffi, handle, lib
 from ..cliargs import Parser, integer, number, output_file
 from ..ring import STAGE_SIZE, RingBuffer
 
@@ -79,7 +80,7 @@ def _pair_candidates(size: int) -> tuple[dict[str, tuple[str, dict[str, Any]]], 
 
     # The same cffi calls RingBuffer makes, without the method layer.
     raw = RingBuffer(RING_CAPACITY)
-    g = {"r": raw._r, "d": data, "n": size, "w": lib.ring_write, "rd": lib.ring_read}
+    g = {"r": handle(raw), "d": data, "n": size, "w": lib.ring_write, "rd": lib.ring_read}
     if size <= STAGE_SIZE:
         g |= {"st": raw._stage, "u": ffi.unpack}
         c["raw cffi calls"] = ("w(r, d, n); u(st, rd(r, st, n))", g)
@@ -251,10 +252,15 @@ def bench_partial_writes(total: int, rounds: int) -> list[Row]:
     ]
 
 
+def _send_recv(rb: RingBuffer, buf: bytearray, a: socket.socket, b: socket.socket) -> None:
+    rb.write(buf)
+    rb.send_to(a)
+    rb.recv_from(b)
+    rb.reset()
+
+
 def alloc_per_call(calls: int = 2000) -> dict[str, dict[str, int]]:
     """tracemalloc: net and peak bytes over `calls` calls of each zero-copy operation."""
-    import socket
-
     rb = RingBuffer(RING_CAPACITY)
     buf = bytearray(16384)
     a, b = socket.socketpair()
@@ -262,7 +268,7 @@ def alloc_per_call(calls: int = 2000) -> dict[str, dict[str, int]]:
         "readinto": lambda: (rb.write(buf), rb.readinto(buf)),
         "readable_views": lambda: rb.readable_views(),
         "writable_views": lambda: rb.writable_views(),
-        "send_to+recv_from": lambda: (rb.write(buf), rb.send_to(a), rb.recv_from(b), rb.reset()),
+        "send_to+recv_from": lambda: _send_recv(rb, buf, a, b),
     }
     out = {}
     try:

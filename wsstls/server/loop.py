@@ -57,8 +57,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .._cdata import EchoStatus, LoopReport, TLSStatus
-from .._native import ffi, lib
+from .._cdata import EchoStatus, LoopReport, TLSStatus, ffi, handle, lib
 from ..ring import RingBuffer
 from ..tls import TLSConnection, TLSContext, TLSEOFError, TLSError, crypto_counters
 from ..ws import CloseCode, Connection, Message, ServerConnection, Side, State
@@ -137,7 +136,7 @@ class _Conn:
         "c",
         "charged",
         "echo",
-        "events",
+        "watching",
         "fd",
         "hot",
         "in_place",
@@ -157,7 +156,7 @@ class _Conn:
         self.sock = sock
         self.fd = sock.fileno()
         self.tls = tls
-        self.c = ffi.NULL if tls is None else tls._c
+        self.c = ffi.NULL if tls is None else handle(tls)
         self.loop = loop
         self.max_message = cfg.max_message
         self.in_place = cap  # the plaintext rings' capacity
@@ -171,7 +170,7 @@ class _Conn:
         self.phase = Phase.TLS if tls is not None else Phase.WS  # then only _advance moves it
         self.out = bytearray()  # the framer's output the transport has not taken yet
         # The C loop's registration, set by Server._arm (and a COLD report) only:
-        self.events = -1  # watched epoll events; -1 before the first watch
+        self.watching = -1  # the epoll events the loop watches for it; -1 before the first
         self.hot = False  # served by the C loop
         # The last read brought bytes, so what TLS still holds may be whole records
         # (a read that brought nothing leaves an incomplete one: only the socket helps).
@@ -191,7 +190,7 @@ class _Conn:
 
     @property
     def plain_r(self) -> Any:
-        return self.plain._r
+        return handle(self.plain)
 
     @property
     def ws(self) -> Connection:
@@ -263,7 +262,7 @@ class Server:
     The loop itself is C (csrc/server/wsloop.c): it serves hot connections (open,
     between messages, nothing to send) without coming back here, and reports
     everything else - new connections, handshakes, frames for the framer,
-    backpressure, endings - as events that this class handles: each event ends
+    backpressure, endings - as reports that this class handles: each report ends
     in ``_arm``, and every change of phase goes through ``_advance``.
     """
 
@@ -315,7 +314,7 @@ class Server:
         self.heap = _heap_policy()
         self._freed = 0  # connections closed since the last heap trim
         self._parked_at_trim = 0
-        self._events = ffi.new("struct wsloop_event[]", 1024)
+        self._reports = ffi.new("struct wsloop_event[]", 1024)  # what each poll reports
         for fd in (self.listener.fileno(), self._wake_r):
             self._check(lib.wsloop_watch(self.loop, fd, select.EPOLLIN), "watch")
         # What each phase does when its connection is readable.
@@ -363,20 +362,20 @@ class Server:
         if ready is not None:
             ready(self.url)
         listen_fd, wake_fd = self.listener.fileno(), self._wake_r
-        conns, events, loop = self.conns, self._events, self.loop
+        conns, reports, loop = self.conns, self._reports, self.loop
         poll = lib.wsloop_poll
         next_sweep = time.monotonic() + 1.0
         try:
             while self.running:
-                n = poll(loop, 1000, events, 1024)
+                n = poll(loop, 1000, reports, 1024)
                 if n < 0:
                     raise OSError(-n, f"epoll: {os.strerror(-n)}")
                 for i in range(n):
-                    e = events[i]
+                    e = reports[i]
                     fd = e.fd
                     conn = conns.get(fd)
                     if conn is not None:
-                        self._event(conn, e.report, e.events, e.echo)
+                        self._on_report(conn, e.report, e.events, e.echo)
                     elif fd == listen_fd:
                         self._accept()
                     elif fd == wake_fd:
@@ -455,8 +454,9 @@ class Server:
         if entry is not None:
             entry(conn)
 
-    def _event(self, conn: _Conn, report: int, events: int, echo: int) -> None:
-        """One event of the C loop for ``conn``: act on it, then arm the connection."""
+    def _on_report(self, conn: _Conn, report: int, ready: int, echo: int) -> None:
+        """One report of the C loop for ``conn`` (``ready``: epoll's readiness bits of a
+        READY report, ``echo``: why a COLD one stopped): act on it, then arm it."""
         try:
             if report == LoopReport.COLD:  # the C loop's hot path stopped: it is ours again
                 conn.hot = False
@@ -465,9 +465,9 @@ class Server:
                 conn.hot = False
                 self._timer(conn, report)
             else:
-                if events & _OUT:
+                if ready & _OUT:
                     self._writable(conn)
-                if events & ~_OUT and conn.phase is not Phase.CLOSED:
+                if ready & ~_OUT and conn.phase is not Phase.CLOSED:
                     self._readers[conn.phase](conn)
         except (TLSError, OSError):
             if conn.phase is not Phase.CLOSED:
@@ -519,7 +519,7 @@ class Server:
         if self.cfg.mode.asynchronous and self._await_async(conn):
             # An SSL call paused in an ASYNC job: its end decides, not the socket (the
             # loop stopped the socket's events: watched again after)
-            conn.events = -1
+            conn.watching = -1
             return
         if phase is Phase.ENDING:
             self._consume(conn)  # what is left since the output last blocked
@@ -536,7 +536,7 @@ class Server:
                 lib.wsloop_hot(self.loop, conn.fd, conn.c, ffi.NULL, conn.echo, conn.job), "hot"
             )
             conn.hot = True
-            conn.events = _IN
+            conn.watching = _IN
             conn.read_more = False
             conn.handed_over()
         else:
@@ -546,9 +546,9 @@ class Server:
             conn.read_more = False
 
     def _watch(self, conn: _Conn, events: int) -> None:
-        if events != conn.events or conn.hot:
+        if events != conn.watching or conn.hot:
             self._check(lib.wsloop_watch(self.loop, conn.fd, events), "watch")
-            conn.events = events
+            conn.watching = events
             conn.hot = False
 
     # -------------------------------------------------------------- input
