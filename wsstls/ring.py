@@ -23,16 +23,16 @@ same time; cffi releases the GIL around each C call.  ``reset`` and
 from __future__ import annotations
 
 import errno as _errno
-import operator
 import os
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ._cdata import Buffer, CData, FileLike, c_buffer, ffi, fileno, lib
 from ._cdata import index as _index
 
 __all__ = ["STAGE_SIZE", "RingBuffer", "RingStats"]
+
 
 class _Bytes(Protocol):
     """What ``ffi.buffer`` gives: slicing makes bytes."""

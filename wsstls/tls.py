@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any, NoReturn
 
-from ._cdata import TLS_WAITS, TLSStatus, Buffer, c_buffer, ffi, fileno, handle, lib
+from ._cdata import TLS_WAITS, Buffer, TLSStatus, c_buffer, ffi, fileno, handle, lib
 from ._cdata import index as _index
 from .ring import RingBuffer
 

@@ -9,11 +9,11 @@ import re
 from pathlib import Path
 
 import pytest
-from wsstls._native import ffi
 
 import wsstls
 from wsstls import RingBuffer
 from wsstls._cdata import EchoStatus, LoopReport, TLSStatus, handle
+from wsstls._native import ffi
 
 ENUMS = [
     (TLSStatus, "enum tls_status", "TLS_"),

@@ -13,8 +13,8 @@ import struct
 
 from hypothesis import example, given
 from hypothesis import strategies as st
-from wsstls._native import ffi, lib
 
+from wsstls._native import ffi, lib
 from wsstls.ws import FrameParser, ProtocolError, Side, _header, encode_header
 
 LENGTHS = st.one_of(

@@ -11,10 +11,10 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-from wsstls._native import ffi, lib
 
 from wsstls import RingBuffer
 from wsstls._cdata import handle
+from wsstls._native import ffi, lib
 from wsstls.ws import Opcode, encode_frame
 
 KEY = b"\x11\x22\x33\x44"

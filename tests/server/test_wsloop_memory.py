@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 from tlsutil import close_all, socket_session
-from wsstls._native import ffi, lib
 
 from wsstls._cdata import handle
+from wsstls._native import ffi, lib
 from wsstls.ws import Opcode, encode_frame
 
 KEY = b"\x11\x22\x33\x44"

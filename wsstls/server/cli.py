@@ -68,18 +68,18 @@ def parse(argv: list[str] | None = None) -> tuple[ServerConfig, str | None]:
                    "long (default 1; 0: never)")  # fmt: skip
     p.add_argument("--stats", type=output_file, metavar="FILE",
                    help="write counters as JSON on exit")  # fmt: skip
-    g = p.add_argument_group("pipelining and ASYNC jobs (--mode pipelined, async, pipelined+async)")
-    g.add_argument("--pipelines", type=integer(1, 32), default=4,
+    k = p.add_argument_group("pipelining and ASYNC jobs (--mode pipelined, async, pipelined+async)")
+    k.add_argument("--pipelines", type=integer(1, 32), default=4,
                    help="records per cipher call (TLS 1.2)")  # fmt: skip
-    g.add_argument("--split-send-fragment", type=size(512, 16384), metavar="BYTES",
+    k.add_argument("--split-send-fragment", type=size(512, 16384), metavar="BYTES",
                    help="bytes per pipelined record (default: --max-send-fragment)")  # fmt: skip
-    g.add_argument("--max-send-fragment", type=size(512, 16384), metavar="BYTES",
+    k.add_argument("--max-send-fragment", type=size(512, 16384), metavar="BYTES",
                    help="bytes per record (default 16384)")  # fmt: skip
-    g.add_argument("--read-buffer", type=size(0, 1 << 24), metavar="BYTES",
+    k.add_argument("--read-buffer", type=size(0, 1 << 24), metavar="BYTES",
                    help="OpenSSL's read buffer (default: pipelines x one record)")  # fmt: skip
-    g.add_argument("--crypto-threads", type=integer(1, 256),
+    k.add_argument("--crypto-threads", type=integer(1, 256),
                    help="crypto pool workers (default: the usable CPUs less one)")  # fmt: skip
-    g.add_argument("--tls-max", choices=["1.2", "1.3"],
+    k.add_argument("--tls-max", choices=["1.2", "1.3"],
                    help="highest TLS version (default 1.3; 1.2 when pipelined)")  # fmt: skip
     a = p.parse_args(argv)
     try:
