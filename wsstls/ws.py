@@ -806,6 +806,18 @@ _UTF8_ACCEPT: int = lib.UTF8_ACCEPT
 # --------------------------------------------------------------------------- parser
 
 
+@dataclass(slots=True)
+class _Stream:
+    """A frame larger than the parser's in-place limit, streamed as its payload comes."""
+
+    op: int  # its opcode
+    fin: int  # its FIN bit (0x80) or 0
+    key: int  # its masking key (0: unmasked)
+    off: int  # payload bytes already moved (the masking offset)
+    left: int  # payload bytes still to come
+    text: bool  # validated as UTF-8 (TEXT, or a continuation of one)
+
+
 class FrameParser:
     """Sans-IO RFC 6455 frame parser over writable views of received bytes.
 
@@ -833,12 +845,7 @@ class FrameParser:
         "_msg_buf",
         "_msg_len",
         "_msg_op",
-        "_st_fin",
-        "_st_key",
-        "_st_left",
-        "_st_off",
-        "_st_op",
-        "_st_text",
+        "_streaming",
         "_utf8",
         "closed",
         "error",
@@ -878,14 +885,9 @@ class FrameParser:
         # Payload bytes of the incomplete frame at the start of the next view
         # that were already unmasked (and validated).
         self._done = 0
-        # The frame being streamed (_st_left >= 0): its payload goes to the
+        # The frame being streamed, if any: its payload goes to the
         # message buffer (data) or _ctrl (control) as it arrives.
-        self._st_left = -1
-        self._st_op = 0
-        self._st_fin = 0
-        self._st_key = 0
-        self._st_off = 0
-        self._st_text = False
+        self._streaming: _Stream | None = None
         self._ctrl = bytearray()
         # Header bytes carried over by consume_all when a view ended mid-header.
         self._hdr = bytearray()
@@ -898,7 +900,7 @@ class FrameParser:
         without this parser's state being bypassed."""
         return (
             self._msg_op == 0
-            and self._st_left < 0
+            and self._streaming is None
             and self._done == 0
             and not self._hdr
             and self.error is None
@@ -1000,40 +1002,34 @@ class FrameParser:
     def _begin_stream(self, b0: int, ln: int, key: int, off: int) -> None:
         """Set up streaming of a frame whose first ``off`` payload bytes are already processed."""
         op = b0 & 0x0F
-        self._st_op = op
-        self._st_fin = b0 & 0x80
-        self._st_key = key
-        self._st_off = off
-        self._st_left = ln - off
         if op & 8:
             self._ctrl = bytearray()
-            self._st_text = False
-            return
-        if op:
-            self._msg_op = op
-            self._msg_buf = bytearray()
-            self._msg_len = 0
-        self._msg_len += ln
-        self._st_text = self._msg_op == Opcode.TEXT
+            text = False
+        else:
+            if op:
+                self._msg_op = op
+                self._msg_buf = bytearray()
+                self._msg_len = 0
+            self._msg_len += ln
+            text = self._msg_op == Opcode.TEXT
+        self._streaming = _Stream(op, b0 & 0x80, key, off, ln - off, text)
 
-    def _stream(self, view: memoryview, pos: int, n: int) -> int:
+    def _stream(self, st: _Stream, view: memoryview, pos: int, n: int) -> int:
         """Move the streamed frame's payload from view[pos:n]; finish it when complete."""
-        take = min(self._st_left, n - pos)
+        take = min(st.left, n - pos)
         if take:
-            if self._st_key or self._st_text:
-                self._process(
-                    self._cbuf(view), pos, take, self._st_key, self._st_off, self._st_text
-                )
-            target = self._ctrl if self._st_op & 8 else self._msg_buf
+            if st.key or st.text:
+                self._process(self._cbuf(view), pos, take, st.key, st.off, st.text)
+            target = self._ctrl if st.op & 8 else self._msg_buf
             target += view[pos : pos + take]
-            self._st_off += take
-            self._st_left -= take
+            st.off += take
+            st.left -= take
             pos += take
-        if self._st_left == 0:
-            self._st_left = -1
-            if self._st_op & 8:
-                self._control(self._st_op, bytes(self._ctrl))
-            elif self._st_fin:
+        if st.left == 0:
+            self._streaming = None
+            if st.op & 8:
+                self._control(st.op, bytes(self._ctrl))
+            elif st.fin:
                 self._end_message()
         return pos
 
@@ -1071,9 +1067,10 @@ class FrameParser:
         short = 6 if mask_bit else 2  # length of a header with a 7-bit payload length
         in_place_limit = self.in_place_limit
         while True:
-            if self._st_left >= 0:
-                pos = self._stream(view, pos, n)
-                if self._st_left >= 0 or self.closed:
+            st = self._streaming
+            if st is not None:
+                pos = self._stream(st, view, pos, n)
+                if self._streaming is not None or self.closed:
                     return n
                 continue
             if self._hdr:

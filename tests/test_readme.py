@@ -1,0 +1,28 @@
+"""The README's "The pieces" names every source file of the tree (a new file gets its line)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pieces() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## The pieces", 1)[1]
+    return section.split("```", 2)[1]
+
+
+def test_the_pieces_name_every_source_file() -> None:
+    block = pieces()
+    named = set(re.findall(r"[\w.\[\]]+", block))
+    missing = []
+    for path in sorted([*ROOT.glob("csrc/**/*.[ch]"), *ROOT.glob("wsstls/**/*.py")]):
+        if "peers" in path.parts or path.name in ("__init__.py", "__main__.py"):
+            continue  # (the peers are one line; package markers need none)
+        stem, ext = path.stem, path.suffix
+        forms = {path.name, f"{stem}.[ch]"} if ext in (".c", ".h") else {path.name}
+        if not forms & named:
+            missing.append(str(path.relative_to(ROOT)))
+    assert missing == [], f"not in README's 'The pieces': {missing}"
