@@ -307,6 +307,20 @@ void records_free(records *r)
     free(r);
 }
 
+void records_trim(records *r)
+{
+    if (r->spill != NULL && r->spill_len == 0) {
+        OPENSSL_clear_free(r->spill, MAX_PLAIN + MAX_EXPANSION);
+        r->spill = NULL;
+        r->spill_off = 0;
+    }
+    if (r->hs != NULL && r->hs_len == 0) {
+        OPENSSL_clear_free(r->hs, r->hs_cap);
+        r->hs = NULL;
+        r->hs_cap = 0;
+    }
+}
+
 void records_set_max_fragment(records *r, size_t n)
 {
     r->max_plain = n < 512 ? 512 : n > MAX_PLAIN ? MAX_PLAIN : n;

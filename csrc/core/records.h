@@ -86,6 +86,9 @@ records *records_new(int server, int suite, const unsigned char *read_secret,
                      const unsigned char *write_secret, size_t secret_len, uint64_t read_seq,
                      uint64_t write_seq, ring **in, ring **out);
 void records_free(records *r); /* wipes keys and secrets */
+/* An idle connection (tls_park): free the spill and post-handshake message
+ * buffers when they hold nothing (both are made again when needed). */
+void records_trim(records *r);
 
 /* Plaintext limit per record in both directions (512 .. 16384). */
 void records_set_max_fragment(records *r, size_t n);

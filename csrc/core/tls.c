@@ -1673,6 +1673,8 @@ int tls_park(tls_conn *c)
         !SSL_is_init_finished(c->ssl) || c->io->pending_in(c) > 0 || c->io->pending_out(c) > 0 ||
         c->rec->pending(c) || !SSL_free_buffers(c->ssl))
         return 0;
+    if (c->direct != NULL)
+        records_trim(c->direct);
     c->io->park(c);
     c->parked = 1;
     return 1;

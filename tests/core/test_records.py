@@ -557,3 +557,24 @@ def test_an_idle_direct_connection_parks_and_wakes() -> None:
         down.move()
         assert c.read() == b"pong %d" % i
     assert (c.records, s.records) == ("direct", "direct")
+
+
+def test_a_parked_direct_connection_gives_back_its_spill_buffer_and_makes_it_again() -> None:
+    """Reads smaller than a record spill its rest (a buffer of the record layer's own):
+    parking waits for it to be read, frees it, and the next spill makes it again (the
+    sanitizer stage checks that nothing freed is touched)."""
+    c, s, up, _down = sansio_session("ring", direct_server(), direct_client())
+    for i in range(3):
+        data = bytes([65 + i]) * 5000
+        assert c.write(data) == 5000
+        up.move()
+        got = s.read(10)  # the rest of the record waits in the spill buffer
+        assert got == data[:10] and not s.park()
+        while len(got) < 5000:
+            more = s.read(1000)
+            assert more
+            got += more
+        assert got == data
+        assert c.read() is None  # the tickets, read
+        assert s.park() and s.parked
+    assert s.records == "direct"
