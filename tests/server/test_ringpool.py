@@ -7,6 +7,7 @@ import errno
 from collections.abc import Iterator
 
 import pytest
+
 from wsstls._native import ffi, lib
 
 
