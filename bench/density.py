@@ -44,6 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from wsstls.cliargs import Parser, integer, integer_list, number, output_file  # noqa: E402
 from wsstls.loadgen import run as loadgen  # noqa: E402
 from wsstls.measure.idle import IdleClients  # noqa: E402
 
@@ -214,17 +215,19 @@ def echo_rates(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--counts", default="1000,5000,100000", help="idle connections to hold")
-    p.add_argument("--idle-window", type=float, default=10.0, metavar="SECONDS",
+    p = Parser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--counts", type=integer_list(1, 10_000_000), default=[1000, 5000, 100_000],
+                   help="idle connections to hold")  # fmt: skip
+    p.add_argument("--idle-window", type=number(0, 3600, lo_open=True, unit="seconds"),
+                   default=10.0, metavar="SECONDS",
                    help="server CPU measured with only the idle connections")  # fmt: skip
-    p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--duration", type=float, default=3.0)
-    p.add_argument("--conns", type=int, default=100, help="echo connections")
+    p.add_argument("--repeat", type=integer(1, 100), default=3)
+    p.add_argument("--duration", type=number(0, 600, lo_open=True, unit="seconds"), default=3.0)
+    p.add_argument("--conns", type=integer(1, 10_000), default=100, help="echo connections")
     p.add_argument("--quick", action="store_true", help="counts 1000,2000; 1 run of 1 s")
-    p.add_argument("--json", metavar="FILE")
+    p.add_argument("--json", type=output_file, metavar="FILE")
     a = p.parse_args(argv)
-    counts = [int(c) for c in a.counts.split(",") if c]
+    counts = list(a.counts)
     if a.quick:
         counts, a.repeat, a.duration, a.idle_window = [1000, 2000], 1, 1.0, 2.0
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from wsstls.cliargs import Parser, integer, number  # noqa: E402
 from wsstls.loadgen import run as loadgen  # noqa: E402
 
 
@@ -59,9 +60,9 @@ def measure(extra: list[str], conns: int, duration: float, tmp: Path) -> tuple[i
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--conns", type=int, default=50)
-    p.add_argument("--duration", type=float, default=5.0)
+    p = Parser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--conns", type=integer(1, 1000), default=50)
+    p.add_argument("--duration", type=number(0, 600, lo_open=True, unit="seconds"), default=5.0)
     a = p.parse_args(argv)
     if shutil.which("valgrind") is None:
         print("valgrind is not installed: nothing measured")

@@ -33,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from wsstls.cliargs import Parser, choice_list, cpu_list, integer, number, size  # noqa: E402
 from wsstls.loadgen import LoadResult, run  # noqa: E402
 from wsstls.measure.bench import process_cpu_seconds  # noqa: E402
 from wsstls.tls import self_signed  # noqa: E402
@@ -135,21 +136,29 @@ def report(scheme: str, sample: Sample) -> None:
     )
 
 
+def one_cpu(text: str) -> int:
+    """One CPU number this process may use (``cliargs.cpu_list`` of length one)."""
+    cpus = cpu_list(text)
+    if len(cpus) != 1:
+        raise argparse.ArgumentTypeError(f"one CPU number, got {text!r}")
+    return cpus[0]
+
+
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--url", help="probe this server instead of starting a peer")
     p.add_argument("--peer", default="picows_echo", help="script in wsstls/measure/peers/")
     p.add_argument("--loop", default="uvloop", choices=("uvloop", "asyncio"))
-    p.add_argument("--schemes", default="ws,wss")
-    p.add_argument("--connections", type=int, default=100)
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--duration", type=float, default=3.0)
-    p.add_argument("--warmup", type=float, default=0.5)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--schemes", type=choice_list(("ws", "wss")), default=["ws", "wss"])
+    p.add_argument("--connections", type=integer(1, 10_000), default=100)
+    p.add_argument("--size", type=size(1, 16 << 20), default=64)
+    p.add_argument("--duration", type=number(0, 600, lo_open=True, unit="seconds"), default=3.0)
+    p.add_argument("--warmup", type=number(0, 60, unit="seconds"), default=0.5)
+    p.add_argument("--threads", type=integer(1, 256), default=1)
+    p.add_argument("--repeats", type=integer(1, 100), default=3)
     cpus = sorted(os.sched_getaffinity(0))
-    p.add_argument("--client-cpu", type=int, default=cpus[0])
-    p.add_argument("--server-cpu", type=int, default=cpus[-1] if len(cpus) > 1 else None)
+    p.add_argument("--client-cpu", type=one_cpu, default=cpus[0])
+    p.add_argument("--server-cpu", type=one_cpu, default=cpus[-1] if len(cpus) > 1 else None)
     args = p.parse_args()
 
     print(
@@ -160,7 +169,7 @@ def main() -> int:
     if args.url:
         targets = [(args.url.split(":", 1)[0], None)]
     else:
-        targets = [(s, s == "wss") for s in args.schemes.split(",")]
+        targets = [(s, s == "wss") for s in args.schemes]
     for scheme, tls in targets:
         with tempfile.TemporaryDirectory() as tmp:
             peer = None

@@ -36,7 +36,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from wsstls.cliargs import Parser, choice_list, output_file  # noqa: E402
 from wsstls.measure.idle import IdleClients  # noqa: E402
+
+SCENARIOS = ("budget", "holders", "churn")
 
 MIB = 1 << 20
 UPGRADE = (
@@ -211,12 +214,12 @@ def churn(cert: tuple[str, str], heap: str, rounds: int = 4, count: int = 2000) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--scenarios", default="budget,holders,churn")
+    p = Parser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--scenarios", type=choice_list(SCENARIOS), default=list(SCENARIOS))
     p.add_argument("--heap", action="store_true", help="budget and churn under every heap policy")
-    p.add_argument("--json", metavar="FILE")
+    p.add_argument("--json", type=output_file, metavar="FILE")
     a = p.parse_args(argv)
-    scenarios = [s for s in a.scenarios.split(",") if s]
+    scenarios = a.scenarios
     policies = ["none", "tune", "trim", "both"] if a.heap else ["both"]
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
@@ -31,6 +30,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from wsstls.cliargs import Parser, integer, number, size  # noqa: E402
+
 SUITES = ("TLS_AES_256_GCM_SHA384", "TLS_AES_128_GCM_SHA256", "TLS_CHACHA20_POLY1305_SHA256")
 CORE = [
     "core/tls.c",
@@ -224,16 +227,14 @@ def cpu_table(rounds: int, duration: float, conns: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--duration", type=float, default=2.0)
-    p.add_argument("--conns", type=int, default=100)
-    p.add_argument("--size", type=int, default=64, help="callgrind message size")
+    p = Parser(description=(__doc__ or "").split("\n")[0])
+    p.add_argument("--rounds", type=integer(1, 100), default=5)
+    p.add_argument("--duration", type=number(0, 600, lo_open=True, unit="seconds"), default=2.0)
+    p.add_argument("--conns", type=integer(1, 10_000), default=100)
+    p.add_argument("--size", type=size(1, 1 << 20), default=64, help="callgrind message size")
     p.add_argument("--no-callgrind", action="store_true")
     p.add_argument("--no-cpu", action="store_true")
     a = p.parse_args(argv)
-    if a.rounds < 1 or a.duration <= 0 or a.conns < 1 or a.size < 1:
-        p.error("--rounds, --conns, --size must be >= 1 and --duration > 0")
     import ssl
 
     print(f"wsstls records benchmark - Python {sys.version.split()[0]}, {ssl.OPENSSL_VERSION},"

@@ -14,7 +14,6 @@ from ``python -m wsstls copies`` (the preloaded shim) on the same paths.
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import ssl
@@ -23,6 +22,7 @@ import subprocess
 import sys
 import time
 
+from wsstls.cliargs import Parser, choice_list, integer, number, output_file, size_list
 from wsstls.measure.paths import PATHS, VARIANTS, make_path
 from wsstls.tls import self_signed
 
@@ -83,17 +83,19 @@ def ledger(paths: list[str], sizes: list[int]) -> dict[tuple[str, int], dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", default="64,1024,16384")
-    p.add_argument("--paths", default=",".join((*PATHS, *VARIANTS)))
-    p.add_argument("--rounds", type=int, default=7)
-    p.add_argument("--target", type=float, default=0.2, help="seconds per path per round")
+    p = Parser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", type=size_list(1, 1 << 24), default=[64, 1024, 16384])
+    p.add_argument("--paths", type=choice_list(dict.fromkeys((*PATHS, *VARIANTS, *BASELINES))),
+                   default=[*PATHS, *VARIANTS])  # fmt: skip
+    p.add_argument("--rounds", type=integer(1, 100), default=7)
+    p.add_argument("--target", type=number(0, 60, lo_open=True, unit="seconds"), default=0.2,
+                   help="seconds per path per round")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="a tiny run (smoke test)")
     p.add_argument("--no-ledger", action="store_true", help="skip the copies/syscalls columns")
-    p.add_argument("--json", metavar="FILE")
+    p.add_argument("--json", type=output_file, metavar="FILE")
     args = p.parse_args(argv)
-    sizes = [int(s) for s in args.sizes.split(",")]
-    paths = args.paths.split(",")
+    sizes = args.sizes
+    paths = list(args.paths)
     rounds, target = (2, 0.01) if args.quick else (args.rounds, args.target)
     for b in BASELINES:
         if b not in paths:

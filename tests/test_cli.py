@@ -166,6 +166,32 @@ def test_the_real_command_exits_2_with_one_line(argv: list[str]) -> None:
     assert run.stderr.startswith(f"wsstls serve: error: {argv[1]}: "), run.stderr
 
 
+#: The bench/ scripts and the measuring helpers check their options the same way.
+SCRIPTS = {
+    "hotpath_ir": (["bench/hotpath_ir.py", "--conns", "0"], "--conns"),
+    "memory": (["bench/memory.py", "--scenarios", "budget,foo"], "--scenarios"),
+    "records_bench": (["bench/records_bench.py", "--duration", "nan"], "--duration"),
+    "tls_bench": (["bench/tls_bench.py", "--paths", "ring,nope"], "--paths"),
+    "tls_bench-json": (["bench/tls_bench.py", "--json", "/nonexistent/x.json"], "--json"),
+    "density": (["bench/density.py", "--counts", "1000,-5"], "--counts"),
+    "loadgen_probe": (["bench/loadgen_probe.py", "--client-cpu", "0,1"], "--client-cpu"),
+    "idle": (["-m", "wsstls.measure.idle", "ws://127.0.0.1:9/", "0"], "count"),
+}
+
+
+@pytest.mark.parametrize("case", list(SCRIPTS))
+def test_bench_scripts_exit_2_with_one_line(case: str) -> None:
+    argv, option = SCRIPTS[case]
+    run = subprocess.run(
+        [sys.executable, *argv],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert run.returncode == 2, run
+    assert run.stdout == "", run.stdout  # nothing measured, nothing started
+    assert len(run.stderr.splitlines()) == 1, run.stderr
+    assert f": error: {option}: " in run.stderr, run.stderr
+
+
 def test_good_input_makes_the_config(tmp_path: Path, server_certs: Certs) -> None:
     stats = tmp_path / "stats.json"
     cfg, stats_file = serve_cli.parse([

@@ -16,7 +16,6 @@ server) and exit.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import errno
 import os
@@ -29,6 +28,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+from ..cliargs import Parser, integer, number
 
 __all__ = ["HoldResult", "IdleClients", "hold"]
 
@@ -287,11 +288,11 @@ class IdleClients:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m wsstls.measure.idle")
+    p = Parser(prog="python -m wsstls.measure.idle")
     p.add_argument("url")
-    p.add_argument("count", type=int)
-    p.add_argument("--timeout", type=float, default=180.0)
-    p.add_argument("--concurrency", type=int, default=200)
+    p.add_argument("count", type=integer(1, 10_000_000))
+    p.add_argument("--timeout", type=number(0, 86400, lo_open=True, unit="seconds"), default=180.0)
+    p.add_argument("--concurrency", type=integer(1, 100_000), default=200)
     a = p.parse_args(argv)
     os.set_blocking(0, False)
     stdin_done = False
