@@ -49,7 +49,13 @@ def check_clean(r: LoadResult, connections: int) -> None:
     assert r.first_error is None, r.first_error
     assert r.errors == 0 and r.connect_failures == 0
     assert r.connections == connections
-    assert r.messages > 0 and r.msg_per_s > 0
+    assert r.messages + r.warmup_messages > 0
+    if r.messages == 0:
+        # The measured window of a SHORT run can be empty when a loaded machine starves
+        # the Python servers these tests use for the whole 0.25 s (seen in CI once, with
+        # 1,133 round trips in the warm-up); a run without any round trip still fails.
+        return
+    assert r.msg_per_s > 0
     assert 0 < r.lat_min_us <= r.lat_p50_us <= r.lat_p99_us <= r.lat_max_us
     assert r.lat_min_us <= r.lat_avg_us <= r.lat_max_us
     assert 0 < r.client_cpu <= r.threads * 1.01  # rounding of two clock reads
