@@ -26,3 +26,21 @@ def test_the_pieces_name_every_source_file() -> None:
         if not forms & named:
             missing.append(str(path.relative_to(ROOT)))
     assert missing == [], f"not in README's 'The pieces': {missing}"
+
+
+def test_every_file_the_pieces_name_exists() -> None:
+    """A file named in "The pieces" (by name, or as ``name.[ch]``) is in the tree."""
+    block = pieces()
+    names = set(re.findall(r"\w+(?:\.\[ch\]|\.(?:py|c|h|go|cdef|pyi|md))(?![\w.])", block))
+    tree = {p.name for p in ROOT.rglob("*") if ".git" not in p.parts}
+    missing = []
+    for name in sorted(names):
+        if name.endswith(".[ch]"):
+            stem = name[: -len(".[ch]")]
+            wanted = {f"{stem}.c", f"{stem}.h"}
+        else:
+            wanted = {name}
+        if not wanted <= tree:
+            missing.append(name)
+    assert names, "no file names found in 'The pieces'"
+    assert missing == [], f"named in README's 'The pieces' but not in the tree: {missing}"

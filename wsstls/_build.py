@@ -28,15 +28,16 @@ CDEF_FILE = CSRC / "python_api.cdef"
 
 #: The headers that declare what CDEF_FILE repeats, included by the generated module
 #: (the compiler checks the two agree), relative to csrc/ (the layer is the folder).
-API_HEADERS = ["core/ring.h", "core/wsmask.h", "core/utf8.h", "core/wsframe.h", "core/tls.h",
-               "server/wsecho.h", "server/offload.h", "server/ringpool.h", "server/heap.h",
-               "server/wsloop.h", "loadgen/loadgen.h", "measure/ringbench.h"]  # fmt: skip
+API_HEADERS = ["core/ring.h", "core/wsmask.h", "core/utf8.h", "core/wsframe.h",
+               "core/wshandshake.h", "core/tls.h", "server/wsecho.h", "server/offload.h",
+               "server/ringpool.h", "server/heap.h", "server/wsloop.h", "loadgen/loadgen.h",
+               "measure/ringbench.h"]  # fmt: skip
 
 #: Every C file of the extension (measure/memcount.c is the separate preload shim).
 SOURCES = ["core/ring.c", "core/ringbio.c", "core/records.c", "core/tls.c", "core/wsmask.c",
-           "core/utf8.c", "core/wsframe.c", "server/wsecho.c", "server/offload.c",
-           "server/ringpool.c", "server/heap.c", "server/wsloop.c", "loadgen/loadgen.c",
-           "measure/ringbench.c",
+           "core/utf8.c", "core/wsframe.c", "core/wshandshake.c", "server/wsecho.c",
+           "server/offload.c", "server/ringpool.c", "server/heap.c", "server/wsloop.c",
+           "loadgen/loadgen.c", "measure/ringbench.c",
            # C that Python reaches through tls.h only: the crypto pool, the
            # pipelined cipher's engine, the ASYNC provider
            "core/cryptopool.c", "core/pipecipher.c", "core/asyncjob.c"]  # fmt: skip

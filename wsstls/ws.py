@@ -31,7 +31,6 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-import hashlib
 import os
 import re
 import struct
@@ -85,8 +84,6 @@ DEFAULT_IN_PLACE_LIMIT = 64 * 1024
 MAX_LINE = 8192
 MAX_HEAD_SIZE = 16384
 MAX_HEADERS = 128
-
-_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 # --------------------------------------------------------------------------- constants
@@ -212,9 +209,16 @@ def _error_response(status: int, reason: str, headers: Iterable[tuple[str, str]]
 
 
 def accept_key(key: str | bytes) -> str:
-    """The Sec-WebSocket-Accept value for a Sec-WebSocket-Key (RFC 6455 section 4.2.2)."""
-    raw = key.encode("ascii") if isinstance(key, str) else key
-    return base64.b64encode(hashlib.sha1(raw + _GUID).digest()).decode("ascii")
+    """The Sec-WebSocket-Accept value for a Sec-WebSocket-Key (RFC 6455 section 4.2.2).
+
+    Computed by csrc/core/wshandshake.c, the one home of the GUID, which the load
+    generator uses too.  Raises UnicodeEncodeError for a non-ASCII str key.
+    """
+    raw = key.encode("ascii") if isinstance(key, str) else bytes(key)
+    out = ffi.new("char[]", lib.WS_ACCEPT_SIZE + 1)
+    if not lib.ws_accept_key(raw, len(raw), out):
+        raise RuntimeError("SHA-1 failed (OpenSSL)")
+    return str(ffi.string(out).decode("ascii"))
 
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")

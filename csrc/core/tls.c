@@ -953,6 +953,7 @@ static const struct tls_transport_ops mem_transport = {
     .reset_kernel = reset_own_kernel_counters,
     .park = bio_park,
     .unpark = bio_unpark,
+    .no_direct = "the direct path needs the ring transport",
 };
 
 static const struct tls_transport_ops pair_transport = {
@@ -974,6 +975,7 @@ static const struct tls_transport_ops pair_transport = {
     .reset_kernel = reset_own_kernel_counters,
     .park = bio_park,
     .unpark = bio_unpark,
+    .no_direct = "the direct path needs the ring transport",
 };
 
 /* --------------------------------------------------- transport: TLS_FD */
@@ -1063,6 +1065,7 @@ static const struct tls_transport_ops fd_transport = {
     .reset_kernel = reset_own_kernel_counters,
     .park = nothing,
     .unpark = can_always,
+    .no_direct = "the direct path needs the ring transport",
 };
 
 /* ------------------------------------------- records: OpenSSL's own */
@@ -1605,9 +1608,9 @@ tls_conn *tls_conn_new(SSL_CTX *ctx, int transport, int fd, size_t ring_capacity
      * handshake (read-ahead off until then, so that OpenSSL holds no record
      * beyond the handshake's: what came after is in rx, taken over). */
     int direct = records_ctx_enabled(ctx);
-    const char *why = transport != TLS_RING ? "the direct path needs the ring transport"
-                      : c->async != NULL    ? "ASYNC crypto stays on OpenSSL's records"
-                                            : NULL;
+    const char *why = c->io->no_direct != NULL ? c->io->no_direct
+                      : c->async != NULL       ? "ASYNC crypto stays on OpenSSL's records"
+                                               : NULL;
     if (direct && why != NULL)
         snprintf(c->records_why, sizeof c->records_why, "%s", why);
     direct = direct && why == NULL;

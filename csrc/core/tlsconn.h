@@ -75,6 +75,9 @@ struct tls_transport_ops {
      * tls_unpark: make them again, 1, or 0 when memory is short. */
     void (*park)(tls_conn *c);
     int (*unpark)(tls_conn *c);
+    /* Why direct records cannot run over this transport (they take over
+     * the connection's ciphertext rings), or NULL when they can. */
+    const char *no_direct;
 };
 
 struct tls_record_ops {

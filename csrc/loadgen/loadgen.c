@@ -41,6 +41,7 @@
 #include "core/ring.h"
 #include "core/tls.h"
 #include "core/wsframe.h"
+#include "core/wshandshake.h"
 #include "core/wsmask.h"
 
 #define MAX_EVENTS 256
@@ -55,8 +56,6 @@
 #define MAX_HOST 1024
 #define CTL_CAP 280 /* queued control frames: one pong (131) + one close (8) */
 #define INITIAL_SAMPLES 65536
-
-static const char WS_GUID[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 enum phase { P_SETUP, P_WARMUP, P_MEASURE, P_CLOSING };
 
@@ -83,7 +82,7 @@ struct conn {
     size_t wlen, woff;
     unsigned char ctl[CTL_CAP]; /* masked control frames waiting to be sent */
     size_t ctl_len, ctl_off;
-    char accept[32];     /* the Sec-WebSocket-Accept we expect */
+    char accept[WS_ACCEPT_SIZE + 1]; /* the Sec-WebSocket-Accept we expect */
     /* the frame being received */
     int rx_in_frame, rx_kind, rx_opcode, rx_fin;
     uint64_t rx_left;
@@ -413,9 +412,7 @@ static int send_message(struct lg *g, struct conn *c, uint64_t now)
 
 static int start_upgrade(struct lg *g, struct conn *c)
 {
-    unsigned char raw[16], digest[EVP_MAX_MD_SIZE];
-    unsigned char key[32], both[64];
-    unsigned int dlen = 0;
+    unsigned char raw[16], key[32];
     if (RAND_bytes(raw, sizeof raw) != 1) {
         conn_fail(g, c, "RAND_bytes failed");
         return -1;
@@ -425,11 +422,7 @@ static int start_upgrade(struct lg *g, struct conn *c)
         conn_fail(g, c, "EVP_EncodeBlock failed");
         return -1;
     }
-    memcpy(both, key, 24);
-    memcpy(both + 24, WS_GUID, sizeof WS_GUID - 1);
-    if (EVP_Digest(both, 24 + sizeof WS_GUID - 1, digest, &dlen, EVP_sha1(), NULL) != 1 ||
-        dlen != 20 || EVP_EncodeBlock((unsigned char *)c->accept, digest, 20) != 28) {
-        ERR_clear_error();
+    if (!ws_accept_key(key, 24, c->accept)) {
         conn_fail(g, c, "SHA-1 of the key failed");
         return -1;
     }
@@ -594,7 +587,7 @@ static int process_upgrade(struct lg *g, struct conn *c)
         else if (NAME_IS("connection"))
             connection |= has_token(v, vlen, "upgrade");
         else if (NAME_IS("sec-websocket-accept"))
-            accept = vlen == 28 && memcmp(v, c->accept, 28) == 0 ? 1 : -1;
+            accept = vlen == WS_ACCEPT_SIZE && memcmp(v, c->accept, WS_ACCEPT_SIZE) == 0 ? 1 : -1;
         else if (NAME_IS("sec-websocket-extensions") || NAME_IS("sec-websocket-protocol")) {
             conn_fail(g, c, "the server chose an extension or subprotocol not offered");
             return -1;

@@ -4,8 +4,12 @@ the client's request and response checks, and interop with the websockets librar
 from __future__ import annotations
 
 import base64
+import hashlib
+from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from websockets.client import ClientProtocol
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 from websockets.server import ServerProtocol
@@ -59,6 +63,26 @@ def fail(data: bytes, **limits: int) -> HandshakeError:
 def test_accept_key_rfc_example() -> None:
     assert accept_key(KEY) == ACCEPT
     assert accept_key(KEY.encode()) == ACCEPT
+
+
+@given(st.binary(max_size=80))
+def test_accept_key_is_sha1_of_key_and_guid(key: bytes) -> None:
+    """The C accept key (csrc/core/wshandshake.c) against the RFC's formula in Python."""
+    guid = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+    model = base64.b64encode(hashlib.sha1(key + guid).digest()).decode("ascii")
+    assert accept_key(key) == model
+
+
+def test_the_guid_has_one_home() -> None:
+    """The GUID is written once in wsstls's own sources (the peers are separate programs)."""
+    root = Path(__file__).resolve().parents[2]
+    sources = [*root.glob("csrc/**/*.[ch]"), *root.glob("wsstls/**/*.py")]
+    homes = [
+        str(p.relative_to(root))
+        for p in sources
+        if "peers" not in p.parts and "258EAFA5-E914-47DA-95CA-C5AB0DC85B11" in p.read_text()
+    ]
+    assert homes == ["csrc/core/wshandshake.c"]
 
 
 def test_valid_request_gets_101() -> None:

@@ -9,6 +9,8 @@ errors close the connection with 1002 / 1007 / 1009 as RFC 6455 section 7.4.1 sa
 Flow control: while the transport's write buffer is above its high-water mark the server
 stops reading.  Default loop: asyncio's own (the stdlib path); ``--loop uvloop`` swaps the
 loop and its TLS transport (uvloop's sslproto, still ``ssl.MemoryBIO``).
+Self-contained on purpose, like the other peers: a baseline runs its own code, so its
+GUID, handshake and framer are not wsstls's (wsstls's live in csrc/core/ and ws.py).
 
     python wsstls/measure/peers/asyncio_echo.py --host 127.0.0.1 --port 0 [--tls --cert F --key F]
         [--loop asyncio|uvloop] [--cpu N] [--max-size BYTES]
