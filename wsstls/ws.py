@@ -655,9 +655,10 @@ def _header(view: Buffer, pos: int, avail: int, mask_bit: int) -> tuple[int, int
     first two bytes decide (``_check_header``, then a wrong MASK bit) as soon as they
     are there, then for length encodings RFC 6455 5.2 forbids.
     """
-    b1 = view[pos + 1]
+    b0, b1 = view[pos], view[pos + 1]
     ln = b1 & 0x7F
-    _check_header(view[pos], ln)
+    if b0 != 0x81 and b0 != 0x82:  # (a whole text or binary frame breaks none of its rules)
+        _check_header(b0, ln)
     if b1 & 0x80 != mask_bit:
         if mask_bit:
             raise ProtocolError(CloseCode.PROTOCOL_ERROR, "unmasked frame from a client")
@@ -843,6 +844,7 @@ class FrameParser:
 
     __slots__ = (
         "_ctrl",
+        "_cview",
         "_done",
         "_hdr",
         "_mask_bit",
@@ -895,6 +897,9 @@ class FrameParser:
         self._ctrl = bytearray()
         # Header bytes carried over by consume_all when a view ended mid-header.
         self._hdr = bytearray()
+        # The view being parsed as a C pointer, made when first needed by _unmask
+        # and dropped when receive_data returns (it holds the caller's buffer).
+        self._cview: Any = None
 
     @property
     def idle(self) -> bool:
@@ -947,6 +952,8 @@ class FrameParser:
             # caller's buffer) alive for as long as the error is kept.
             self.error = exc.with_traceback(None)
             raise
+        finally:
+            self._cview = None
 
     def _cbuf(self, view: memoryview) -> Any:
         try:
@@ -973,8 +980,14 @@ class FrameParser:
             if ln > self.max_size:
                 raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, "message too big")
 
-    def _process(self, cbuf: Any, start: int, count: int, key: int, off: int, text: bool) -> None:
-        """Unmask cbuf[start:start+count] in place (payload offset ``off``), validating text."""
+    def _unmask(
+        self, view: memoryview, start: int, count: int, key: int, off: int, text: bool
+    ) -> None:
+        """Unmask view[start:start+count] in place (payload offset ``off``), validating text:
+        the one C call per frame.  The view's C pointer is made once per receive_data."""
+        cbuf = self._cview
+        if cbuf is None:
+            cbuf = self._cview = self._cbuf(view)
         if text:
             if key:
                 good = _unmask_utf8(self._utf8, cbuf + start, count, key, off)
@@ -1023,7 +1036,7 @@ class FrameParser:
         take = min(st.left, n - pos)
         if take:
             if st.key or st.text:
-                self._process(self._cbuf(view), pos, take, st.key, st.off, st.text)
+                self._unmask(view, pos, take, st.key, st.off, st.text)
             target = self._ctrl if st.op & 8 else self._msg_buf
             target += view[pos : pos + take]
             st.off += take
@@ -1064,125 +1077,89 @@ class FrameParser:
         return pos
 
     def _parse(self, view: memoryview, n: int, consume_all: bool) -> int:
+        """Parse frames from view[:n]; return the bytes consumed (see ``receive_data``)."""
         pos = 0
-        cbuf = None  # the view as a C pointer, made once per call when first needed
-        events = self.events
-        mask_bit = self._mask_bit
-        short = 6 if mask_bit else 2  # length of a header with a 7-bit payload length
-        in_place_limit = self.in_place_limit
         while True:
-            st = self._streaming
-            if st is not None:
-                pos = self._stream(st, view, pos, n)
+            if self._streaming is not None:
+                pos = self._stream(self._streaming, view, pos, n)
                 if self._streaming is not None or self.closed:
                     return n
-                continue
-            if self._hdr:
+            elif self._hdr:
                 pos = self._carry_header(view, pos, n)
                 if self._hdr:
                     return n
-                continue
-            avail = n - pos
-            complete = False
-            if avail >= 2:
-                b0 = view[pos]
-                b1 = view[pos + 1]
-                ln = b1 & 0x7F
-                if ln < 126 and b1 & 0x80 == mask_bit and avail >= short:
-                    # The short header, inlined: most frames of a busy connection.
-                    if b0 != 0x81 and b0 != 0x82:
-                        _check_header(b0, ln)
-                    hl = short
-                    key = _KEY(view, pos + 2)[0] if mask_bit else 0
-                    complete = True
-                else:
-                    head = _header(view, pos, avail, mask_bit)
-                    if head is not None:
-                        hl, ln, key = head
-                        complete = True
-            if not complete:
-                if consume_all and avail:
-                    self._hdr += view[pos:n]
-                    return n
-                return pos
-            # The header's own rules are checked; what the connection's state
-            # forbids can only concern a continuation, a fragmented message or size.
-            if not b0 & 0x0F or self._msg_op or ln > self.max_size:
-                self._check_state(b0, ln)
-            total = hl + ln
-            if total > in_place_limit:
-                self._begin_stream(b0, ln, key, 0)
-                pos += hl
-                continue
-            op = b0 & 0x0F
-            p0 = pos + hl
-            if op & 8:
-                if avail < total:
-                    if consume_all:
-                        self._begin_stream(b0, ln, key, 0)
-                        pos = p0
-                        continue
+            else:
+                head = _header(view, pos, n - pos, self._mask_bit) if n - pos >= 2 else None
+                if head is None:
+                    if consume_all and pos < n:
+                        self._hdr += view[pos:n]
+                        return n
                     return pos
-                if key and ln:
-                    if cbuf is None:
-                        cbuf = self._cbuf(view)
-                    _mask(cbuf + p0, ln, key, 0)
-                self._control(op, bytes(view[p0 : p0 + ln]))
+                after = self._frame(view, pos, n, head, consume_all)
                 if self.closed:
                     return n
-                pos = p0 + ln
-                continue
-            text = op == 1 or (op == 0 and self._msg_op == 1)
-            done = self._done
-            if avail < total:
-                # Incomplete: text is unmasked and validated as it arrives, so
-                # an invalid byte fails the message without waiting for the rest.
-                have = avail - hl
-                if have > done and (text or consume_all):
-                    if cbuf is None:
-                        cbuf = self._cbuf(view)
-                    self._process(cbuf, p0 + done, have - done, key, done, text)
-                    self._done = done = have
-                if consume_all:
-                    self._done = 0
-                    self._begin_stream(b0, ln, key, have)
-                    self._msg_buf += view[p0:n]
-                    return n
+                if after == pos:
+                    return pos
+                pos = after
+
+    def _frame(
+        self, view: memoryview, pos: int, n: int, head: tuple[int, int, int], consume_all: bool
+    ) -> int:
+        """The frame whose header ``head`` (its length, the payload's, the key) is at view[pos].
+
+        Returns where parsing goes on: past the frame when it is whole in the view; past
+        its header when it is streamed (over ``in_place_limit``, or cut by consume_all);
+        ``n`` when consume_all took the rest of the view into the message; ``pos`` when
+        it is incomplete and will be presented again."""
+        hl, ln, key = head
+        b0 = view[pos]
+        op = b0 & 0x0F
+        if not op or self._msg_op or ln > self.max_size:  # else no state rule can apply
+            self._check_state(b0, ln)
+        p0 = pos + hl
+        have = n - p0  # payload bytes in this view
+        if hl + ln > self.in_place_limit or (op & 8 and have < ln and consume_all):
+            self._begin_stream(b0, ln, key, 0)
+            return p0
+        if op & 8:
+            if have < ln:
                 return pos
-            if ln > done and (key or text):
-                # _process, inlined: this is the one C call of a message.
-                if cbuf is None:
-                    cbuf = self._cbuf(view)
-                if text:
-                    if key:
-                        good = _unmask_utf8(self._utf8, cbuf + (p0 + done), ln - done, key, done)
-                    else:
-                        good = _utf8_validate(self._utf8, cbuf + (p0 + done), ln - done)
-                    if good != ln - done:
-                        raise ProtocolError(
-                            CloseCode.INVALID_DATA, "invalid UTF-8 in a text message"
-                        )
-                else:
-                    _mask(cbuf + (p0 + done), ln - done, key, done)
+            if key and ln:
+                self._unmask(view, p0, ln, key, 0, False)
+            self._control(op, bytes(view[p0 : p0 + ln]))
+            return p0 + ln
+        text = op == Opcode.TEXT or (op == 0 and self._msg_op == Opcode.TEXT)
+        done = self._done
+        if have < ln:
+            # Incomplete: text is unmasked and validated as it arrives, so an
+            # invalid byte fails the message without waiting for the rest.
+            if have > done and (text or consume_all):
+                self._unmask(view, p0 + done, have - done, key, done, text)
+                self._done = have
+            if not consume_all:
+                return pos
             self._done = 0
-            p1 = p0 + ln
-            if op:
-                if b0 & 0x80:
-                    if text and self._utf8[0] != _UTF8_ACCEPT:
-                        raise ProtocolError(
-                            CloseCode.INVALID_DATA, "text message ends mid-character"
-                        )
-                    events.append(Message(_DATA_OPCODES[op], view[p0:p1]))
-                else:
-                    self._msg_op = op
-                    self._msg_buf = bytearray(view[p0:p1])
-                    self._msg_len = ln
-            else:
-                self._msg_buf += view[p0:p1]
-                self._msg_len += ln
-                if b0 & 0x80:
-                    self._end_message()
-            pos = p1
+            self._begin_stream(b0, ln, key, have)
+            self._msg_buf += view[p0:n]
+            return n
+        if ln > done and (key or text):
+            self._unmask(view, p0 + done, ln - done, key, done, text)
+        self._done = 0
+        end = p0 + ln
+        if op and b0 & 0x80:  # a whole message
+            if text and self._utf8[0] != _UTF8_ACCEPT:
+                raise ProtocolError(CloseCode.INVALID_DATA, "text message ends mid-character")
+            self.events.append(Message(_DATA_OPCODES[op], view[p0:end]))
+        elif op:  # the first frame of a fragmented message
+            self._msg_op = op
+            self._msg_buf = bytearray(view[p0:end])
+            self._msg_len = ln
+        else:
+            self._msg_buf += view[p0:end]
+            self._msg_len += ln
+            if b0 & 0x80:
+                self._end_message()
+        return end
 
 
 # --------------------------------------------------------------------------- connections

@@ -31,7 +31,7 @@ import pytest
 import serverutil
 from serverutil import SANITIZED, RunningServer, ServerProcess, WsClient, frame
 
-from wsstls.measure.idle import IdleClients
+from wsstls.measure.idle import IdleClients, hold
 
 server_certs = serverutil.server_certs
 process_factory = serverutil.process_factory
@@ -222,6 +222,25 @@ def test_silent_clients_are_pinged_then_closed_and_live_ones_stay(
         answering.join(WAIT_S)
         for c in (silent, live, holder):
             c.close()
+
+
+@pytest.mark.slow
+def test_the_idle_holder_answers_pings_so_its_connections_stay(
+    server_factory: Callable[..., RunningServer],
+) -> None:
+    """wsstls.measure.idle's clients (ws.ClientConnection) answer the keepalive pings: held
+    for three idle timeouts, every connection is still open (silent ones are closed, above)."""
+    idle_timeout = 4.0 if SANITIZED else 1.0
+    server = server_factory(
+        "inline-ring", ping_interval=idle_timeout / 4, idle_timeout=idle_timeout
+    )
+    end: list[float] = []
+
+    def ready(r: object) -> None:
+        end.append(time.monotonic() + 3 * idle_timeout)
+
+    r = hold(server.url, 20, timeout=WAIT_S, ready=ready, until=lambda: time.monotonic() > end[0])
+    assert (r.opened, r.failed) == (20, 0), r.first_error
 
 
 # ------------------------------------------------------------------- density

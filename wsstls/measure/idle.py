@@ -3,8 +3,9 @@
 ``hold(url, count)`` runs in one process with one epoll loop and non-blocking stdlib ``ssl``
 sockets: it connects ``count`` clients (at most ``concurrency`` handshakes at a time, so the
 server's listen backlog never overflows), completes each TLS and WebSocket handshake, then
-keeps the connections open and silent.  It answers pings with pongs, so a server's
-keepalive does not count them as dead.  A process holds at most its file descriptor limit
+keeps the connections open and silent.  Each is a ``wsstls.ws.ClientConnection`` (the
+library's handshake and framer): it answers pings with pongs, so a server's keepalive does
+not count them as dead.  A process holds at most its file descriptor limit
 in connections: ``IdleClients`` spreads a count over several child processes
 (``python -m wsstls.measure.idle``) and tells when they are all held.
 
@@ -16,7 +17,6 @@ server) and exit.
 
 from __future__ import annotations
 
-import base64
 import errno
 import os
 import select
@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from ..cliargs import Parser, integer, number
+from ..ws import ClientConnection, State
 
 __all__ = ["HoldResult", "IdleClients", "hold"]
 
@@ -44,45 +45,28 @@ class HoldResult:
 
 
 class _Client:
-    __slots__ = ("buf", "fd", "out", "sock", "state", "tls")
+    __slots__ = ("buf", "fd", "out", "sock", "state", "tls", "ws")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, ws: ClientConnection) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.tls: ssl.SSLSocket | None = None
         self.state = _CONNECTING
+        self.ws = ws
         self.out = b""
-        self.buf = b""
+        self.buf = b""  # received bytes the framer has not consumed (an incomplete frame)
 
 
-def _request(host: str, port: int, path: str) -> bytes:
-    key = base64.b64encode(os.urandom(16)).decode()
-    return (
-        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    ).encode()
-
-
-def _pongs(data: bytes) -> tuple[bytes, bytes]:
-    """Pongs (masked, zero key) for the complete pings in ``data``; the incomplete rest."""
-    out = bytearray()
-    pos = 0
-    while len(data) - pos >= 2:
-        b0, b1 = data[pos], data[pos + 1]
-        n = b1 & 0x7F
-        hl = 2 + (2 if n == 126 else 8 if n == 127 else 0)
-        if len(data) - pos < hl:
-            break
-        if n == 126:
-            n = int.from_bytes(data[pos + 2 : pos + 4], "big")
-        elif n == 127:
-            n = int.from_bytes(data[pos + 2 : pos + 10], "big")
-        if len(data) - pos < hl + n:
-            break
-        if b0 & 0x0F == 0x9:  # ping: pong with the same payload, masked with a zero key
-            out += bytes([0x8A, 0x80 | n]) + b"\0\0\0\0" + data[pos + hl : pos + hl + n]
-        pos += hl + n
-    return bytes(out), data[pos:]
+def _receive(c: _Client, data: bytes) -> bytes:
+    """Feed ``data`` to the client's WebSocket connection; what it has to send back
+    (the pongs for the pings it saw)."""
+    ws = c.ws
+    buf = c.buf + data
+    used = ws.receive_data(buf)
+    for _ in ws.events():  # a ping is answered as it comes out; nothing else is kept
+        pass
+    c.buf = buf[used:]
+    return bytes(ws.data_to_send())
 
 
 def hold(
@@ -107,7 +91,7 @@ def hold(
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
-    request = _request(host, port, u.path or "/")
+    authority, target = f"{host}:{port}", u.path or "/"
     ep = select.epoll()
     clients: dict[int, _Client] = {}
     result = HoldResult(0, 0)
@@ -134,7 +118,7 @@ def hold(
                 if err:
                     return fail(c, f"connect: {os.strerror(err)}")
                 if ctx is None:
-                    c.state, c.out = _SEND, request
+                    c.state, c.out = _SEND, bytes(c.ws.data_to_send())
                 else:
                     c.tls = ctx.wrap_socket(c.sock, do_handshake_on_connect=False)
                     c.state = _TLS
@@ -148,7 +132,7 @@ def hold(
                 except ssl.SSLWantWriteError:
                     ep.modify(fd, select.EPOLLOUT)
                     return
-                c.state, c.out = _SEND, request
+                c.state, c.out = _SEND, bytes(c.ws.data_to_send())
             io = c.tls or c.sock
             if c.state == _SEND:
                 while c.out:
@@ -165,20 +149,17 @@ def hold(
                     io.close()
                     return
                 return fail(c, "closed during the handshake")
+            out = _receive(c, data)
             if c.state == _RECV:
-                c.buf += data
-                end = c.buf.find(b"\r\n\r\n")
-                if end < 0:
-                    return
-                if not c.buf.startswith(b"HTTP/1.1 101"):
-                    return fail(c, c.buf.split(b"\r\n", 1)[0].decode("latin-1"))
-                c.state, c.buf = _OPEN, c.buf[end + 4 :]
+                if c.ws.state is State.CLOSED:
+                    return fail(c, f"handshake: {c.ws.error}")
+                if c.ws.state is State.CONNECTING:
+                    return  # the 101's head is not complete yet
+                c.state = _OPEN
                 result.opened += 1
                 pending -= 1
-                data = b""
-            pong, c.buf = _pongs(c.buf + data)
-            if pong:
-                io.send(pong)
+            if out:
+                io.send(out)
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
             return
         except (OSError, ssl.SSLError) as exc:
@@ -208,7 +189,7 @@ def hold(
                     if exc.errno in (errno.EMFILE, errno.ENFILE, errno.EADDRNOTAVAIL):
                         count = started  # no more can be opened here
                     continue
-                clients[s.fileno()] = _Client(s)
+                clients[s.fileno()] = _Client(s, ClientConnection(authority, target))
                 ep.register(s.fileno(), select.EPOLLOUT)
                 started += 1
                 pending += 1
