@@ -22,9 +22,14 @@ import argparse
 import ast
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from wsstls.cliargs import Parser, integer  # noqa: E402
+
 _C_NAME = re.compile(r"(\w+)\s*\(")
 
 
@@ -125,12 +130,12 @@ def table(title: str, before: Spans, after: Spans, top: int) -> str:
     return "\n".join(rows)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = Parser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("before", nargs="?", default="996e2b2^")
     parser.add_argument("after", nargs="?", default="main")
-    parser.add_argument("--top", type=int, default=10)
-    args = parser.parse_args()
+    parser.add_argument("--top", type=integer(1, 1000), default=10)
+    args = parser.parse_args(argv)
     before, after = measure(args.before), measure(args.after)
     for title, b, a in zip(("functions", "classes", "files"), before, after, strict=True):
         print(table(title, b, a, args.top))

@@ -16,19 +16,23 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from wsstls.cliargs import Parser, integer  # noqa: E402
+
 KINDS = ("bin64", "text64", "frag32", "ping8")
 FRAMES = 100
 
 
 def workload(kind: str, reps: int) -> None:
     """Parse the kind's 100 frames ``reps`` times (run under callgrind by ``main``)."""
-    sys.path.insert(0, str(ROOT))
     from wsstls.ws import FrameParser, Opcode, Side, encode_frame
 
     key = b"abcd"
@@ -59,7 +63,7 @@ def workload(kind: str, reps: int) -> None:
 def instructions(kind: str, reps: int, tmp: Path) -> int:
     out = tmp / f"{kind}.{reps}.out"
     cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
-           __file__, "--run", kind, "--reps", str(reps)]  # fmt: skip
+           __file__, "--run", f"{kind}:{reps}"]  # fmt: skip
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     m = re.search(r"^(?:summary|totals):\s*(\d+)", out.read_text(errors="replace"), re.M)
     if m is None:
@@ -67,13 +71,17 @@ def instructions(kind: str, reps: int, tmp: Path) -> int:
     return int(m.group(1))
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--reps", type=int, default=200)
-    p.add_argument("--run", choices=KINDS, help=argparse.SUPPRESS)
-    a = p.parse_args()
+def main(argv: list[str] | None = None) -> None:
+    p = Parser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--reps", type=integer(1, 100_000), default=200)
+    p.add_argument("--run", help=argparse.SUPPRESS)  # KIND:REPS, under callgrind
+    a = p.parse_args(argv)
     if a.run:
-        workload(a.run, a.reps)
+        kind, reps = a.run.split(":")
+        workload(kind, int(reps))
+        return
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed: nothing measured")
         return
     with tempfile.TemporaryDirectory() as d:
         print("kind    instructions per frame")

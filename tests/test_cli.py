@@ -169,6 +169,8 @@ def test_the_real_command_exits_2_with_one_line(argv: list[str]) -> None:
 #: The bench/ scripts and the measuring helpers check their options the same way.
 SCRIPTS = {
     "hotpath_ir": (["bench/hotpath_ir.py", "--conns", "0"], "--conns"),
+    "framer_ir": (["bench/framer_ir.py", "--reps", "-1"], "--reps"),
+    "longest": ([".ci/longest.py", "--top", "0"], "--top"),
     "memory": (["bench/memory.py", "--scenarios", "budget,foo"], "--scenarios"),
     "records_bench": (["bench/records_bench.py", "--duration", "nan"], "--duration"),
     "tls_bench": (["bench/tls_bench.py", "--paths", "ring,nope"], "--paths"),
