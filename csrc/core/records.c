@@ -335,6 +335,7 @@ void records_set_eof(records *r) { r->eof = 1; }
 
 const char *records_error(const records *r) { return r->error; }
 int records_alert_sent(const records *r) { return r->alert_sent; }
+int records_close_sent(const records *r) { return r->close_sent; }
 int records_alert_received(const records *r) { return r->alert_received; }
 
 void records_counters(const records *r, struct records_counters *out)
@@ -605,7 +606,7 @@ static long write_spans(records *r, const struct spans *src, size_t n)
     if (r->dead)
         return RECORDS_ERROR;
     if (r->close_sent)
-        return fatal(r, -1, "write after close_notify");
+        return fatal(r, -1, "write after shutdown: our close_notify was sent");
     size_t total = 0;
     while (total < n) {
         int s = before_seal(r);
@@ -766,6 +767,17 @@ int records_handshake_input(records *r, const unsigned char *data, size_t n, int
 
 /* ================================================================ open */
 
+/* An alert's name: OpenSSL 3.0's table, which predates the alerts TLS 1.3 added. */
+static const char *alert_name(int desc)
+{
+    switch (desc) {
+    case 109: return "missing extension";
+    case 116: return "certificate required";
+    case 120: return "no application protocol";
+    default: return SSL_alert_desc_string_long(desc);
+    }
+}
+
 /* The record at the head of the incoming ring: its body length, or 0 when
  * it is not all there yet; < 0 a fatal status. */
 static long complete_record(records *r, const struct spans *in, unsigned char hdr[HDR_LEN])
@@ -876,7 +888,7 @@ static long open_one(records *r, const struct spans *dst_free)
         }
         if (desc == AL_USER_CANCELED && level == 1)
             return 0; /* a close_notify should follow */
-        fatal(r, -1, "the peer sent alert %d (%s)", desc, SSL_alert_desc_string_long(desc));
+        fatal(r, -1, "the peer sent alert %d (%s)", desc, alert_name(desc));
         r->alert_received = desc;
         return RECORDS_ERROR;
     }
@@ -999,6 +1011,10 @@ int records_close(records *r)
         if (!send_alert(r, 1, AL_CLOSE_NOTIFY))
             return fatal(r, AL_INTERNAL_ERROR, "sealing close_notify failed");
         r->close_sent = 1;
+        /* As SSL_shutdown: the call that sends ours reports only a close_notify
+         * already read; looking for the peer's is the next calls' work (so the
+         * answer does not depend on how fast the peer replies). */
+        return r->read_status == RECORDS_CLOSED;
     }
     /* Read up to the peer's close_notify, dropping what comes before it. */
     for (int i = 0; i < 64 && !r->read_status; i++) {

@@ -42,6 +42,10 @@
 
 #include "ring.h"
 
+/* The largest record a peer may send (RFC 8446 5.2: header + 2^14 + 256): the
+ * layer opens whole records in the incoming ring, so that ring must hold one. */
+#define RECORDS_MAX_RECORD (5 + 16384 + 256)
+
 enum records_suite {
     RECORDS_AES_128_GCM = 1,
     RECORDS_AES_256_GCM = 2,
@@ -121,6 +125,8 @@ int records_has_pending(const records *r);
 const char *records_error(const records *r);
 /* The alert sealed for the peer (RFC 8446 6 description), -1 if none. */
 int records_alert_sent(const records *r);
+/* Whether our close_notify was sealed. */
+int records_close_sent(const records *r);
 /* The peer's fatal alert, -1 if none. */
 int records_alert_received(const records *r);
 

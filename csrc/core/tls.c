@@ -1297,11 +1297,14 @@ static int direct_shutdown(tls_conn *c)
 {
     if (direct_rings(c) < 0)
         return TLS_ERROR;
+    /* The call that sends our close_notify does not wait for the peer's (as
+     * SSL_shutdown); the later ones read what the socket has for it. */
+    int sent_before = records_close_sent(c->direct);
     for (int tries = 0;; tries++) {
         int r = records_close(c->direct);
         if (r >= 0 && direct_own_io(c) && !ring_empty(c->tx) && c->io->pump_out(c) == TLS_ERROR)
             return TLS_ERROR;
-        if (r == 0 && tries < 2 && direct_more(c) == 1)
+        if (r == 0 && sent_before && tries < 2 && direct_more(c) == 1)
             continue;
         if (r == RECORDS_CLOSED)
             return 1;
@@ -1610,7 +1613,9 @@ tls_conn *tls_conn_new(SSL_CTX *ctx, int transport, int fd, size_t ring_capacity
     int direct = records_ctx_enabled(ctx);
     const char *why = c->io->no_direct != NULL ? c->io->no_direct
                       : c->async != NULL       ? "ASYNC crypto stays on OpenSSL's records"
-                                               : NULL;
+                      : ring_capacity < RECORDS_MAX_RECORD
+                          ? "the ring capacity is below a whole record (16,645 bytes)"
+                          : NULL;
     if (direct && why != NULL)
         snprintf(c->records_why, sizeof c->records_why, "%s", why);
     direct = direct && why == NULL;
