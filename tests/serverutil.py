@@ -80,7 +80,7 @@ class Design:
     fast_path: bool = True
     threads: int = 2
     offload_threshold: int = 16384
-    records: str = "openssl"
+    records: str | None = "openssl"  # None: the server's default
 
     @property
     def scheme(self) -> str:
@@ -99,7 +99,7 @@ class Design:
         out += ["--workers", str(self.workers)]
         if not self.fast_path:
             out.append("--no-fast-path")
-        if self.records != "openssl":
+        if self.records is not None:  # explicit: the default is direct where it runs
             out += ["--records", self.records]
         return out
 

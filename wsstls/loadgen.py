@@ -199,7 +199,7 @@ def run(
     threads: int = 1,
     text: bool = False,
     tls_context: TLSContext | None = None,
-    records: str = "openssl",
+    records: str = "direct",
     cpu: int | Sequence[int] | None = None,
     stop_event: StopFlag | None = None,
     connect_timeout: float = 10.0,
@@ -210,8 +210,8 @@ def run(
     """Run the echo benchmark against ``url`` and return the merged figures.
 
     ``tls_context``: a client TLSContext for wss:// (default: one with
-    ``verify=False`` and ``records``: "openssl", or "direct" for wsstls's own
-    TLS 1.3 record layer).  ``cpu``: pin every thread to this CPU, or thread i to
+    ``verify=False`` and ``records``: "direct" for wsstls's own TLS 1.3
+    record layer, or "openssl").  ``cpu``: pin every thread to this CPU, or thread i to
     ``cpu[i]`` (each thread's affinity is restored afterwards).
     ``stop_event``: when it is set (from another thread) the run ends early;
     the result then has ``stopped=True``.  ``connect_timeout``: for all the

@@ -262,10 +262,12 @@ def _record_settings(
 class TLSContext:
     """Settings shared by connections: role, certificate, trust, versions, ALPN, records.
 
-    ``records="direct"``: after the handshake, connections over the ring
-    transport seal and open TLS 1.3 records with wsstls's own record layer
-    (OpenSSL's AEAD, straight between the rings); TLS 1.2, other suites and
-    other transports stay on OpenSSL's records (``TLSConnection.records``).
+    ``records="direct"`` (the default): after the handshake, connections over
+    the ring transport seal and open TLS 1.3 records with wsstls's own record
+    layer (OpenSSL's AEAD, straight between the rings); TLS 1.2, other suites,
+    other transports, ASYNC crypto and rings smaller than a record stay on
+    OpenSSL's records (``TLSConnection.records`` and ``records_reason`` say
+    which, and why).  ``records="openssl"``: OpenSSL's records always.
 
     ``verify`` defaults to True for a client (the server's certificate and
     name are checked against ``cafile``/``cadata``, or the system's CA
@@ -313,7 +315,7 @@ class TLSContext:
         crypto: Crypto | str = Crypto.INLINE,
         offload_threshold: int = _TLS_RECORD,
         crypto_threads: int | None = None,
-        records: str = "openssl",
+        records: str = "direct",
     ) -> None:
         if not isinstance(server, bool):
             raise TypeError(f"server must be a bool, not {type(server).__name__}")

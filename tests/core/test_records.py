@@ -557,6 +557,26 @@ def test_shutdown_answers_as_ssl_shutdown(records: str) -> None:
         c.write(b"after the end")
 
 
+def test_direct_is_the_default() -> None:
+    """A context without ``records`` seals and opens its own TLS 1.3 records over the ring
+    transport, and says why not elsewhere."""
+    assert TLSContext(False).records == "direct"
+    c, s, up, down = sansio_session("ring", server_context(), client_context())
+    c.write(b"hello")
+    up.move()
+    assert s.read() == b"hello"
+    down.move()
+    c.read()
+    assert c.records == s.records == "direct"
+    assert s.records_counters()["opened"] >= 1
+    fc, fs = socket_session("fd")
+    try:
+        assert fc.conn.records == "openssl" and "ring transport" in fc.conn.records_reason
+    finally:
+        fc.sock.close()
+        fs.sock.close()
+
+
 def test_records_argument_is_checked() -> None:
     with pytest.raises(ValueError, match="records must be one of openssl, direct"):
         TLSContext(False, records="kernel")

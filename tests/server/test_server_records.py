@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 import serverutil
@@ -65,3 +66,42 @@ def test_records_option_is_checked(
 def test_records_direct_without_tls_is_accepted() -> None:
     cfg, _ = parse(["--no-tls", "--records", "direct"])
     assert cfg.records == "direct" and not cfg.tls
+
+
+@pytest.mark.parametrize(
+    ("argv", "path"),
+    [
+        ([], "direct"),  # the default: direct where it runs
+        (["--records", "openssl"], "openssl"),
+        (["--transport", "fd"], "openssl"),
+        (["--transport", "mem"], "openssl"),
+        (["--mode", "offload"], "direct"),
+        (["--mode", "async"], "openssl"),
+        (["--mode", "pipelined"], "openssl"),
+        (["--mode", "pipelined+async"], "openssl"),
+    ],
+)
+def test_the_default_record_path(argv: list[str], path: str) -> None:
+    """Without --records the server seals and opens its own TLS 1.3 records wherever the
+    direct layer runs, and stays on OpenSSL's elsewhere instead of refusing the options."""
+    cfg, _ = parse(argv)
+    assert cfg.record_path == path
+
+
+def test_a_default_server_serves_direct_records(
+    process_factory: Callable[..., ServerProcess], tmp_path: object
+) -> None:
+    """``serve`` with no --records: the stdlib client's connections go the direct path."""
+    stats = f"{tmp_path}/stats.json"
+    sp = process_factory(replace(DESIGNS["inline-ring"], records=None), extra=["--stats", stats])
+    server = sp.handle
+
+    async def main() -> None:
+        for _ in range(2):
+            async with open_ws(server) as ws:
+                await echo(ws, binary_of(70_000, seed=1))
+
+    run(main())
+    assert sp.stop() == 0
+    with open(stats) as f:
+        assert json.load(f)["records"] == {"direct": 2}

@@ -33,8 +33,10 @@ def parse(argv: list[str] | None = None) -> tuple[ServerConfig, str | None]:
                    "self-signed, in memory")  # fmt: skip
     p.add_argument("--key", type=input_file, help="its private key (PEM, unencrypted)")
     p.add_argument("--transport", choices=[t.value for t in Transport], default="ring")
-    p.add_argument("--records", choices=RECORDS, default="openssl",
-                   help="who seals and opens TLS 1.3 records after the handshake")  # fmt: skip
+    p.add_argument("--records", choices=RECORDS, default=None,
+                   help="who seals and opens TLS 1.3 records after the handshake (default: "
+                   "direct, but openssl for --transport mem/pair/fd and the async and "
+                   "pipelined modes)")  # fmt: skip
     p.add_argument("--mode", choices=[m.value for m in Mode], default="inline")
     p.add_argument("--threads", type=integer(*_limit("threads")), default=2,
                    help="offload threads")  # fmt: skip

@@ -65,7 +65,10 @@ class ServerConfig:
     certfile: str | None = None
     keyfile: str | None = None
     transport: Transport = Transport.RING
-    records: str = "openssl"  # who seals and opens records: "openssl" or "direct"
+    # Who seals and opens TLS 1.3 records after the handshake: "direct" (wsstls) or
+    # "openssl"; None: direct where it can run (the ring transport, a mode on
+    # OpenSSL's default crypto), OpenSSL's records elsewhere.
+    records: str | None = None
     mode: Mode = Mode.INLINE
     threads: int = 2
     offload_threshold: int = 16384
@@ -93,6 +96,16 @@ class ServerConfig:
     read_buffer: int | None = None  # bytes; None: OpenSSL's (pipelines x a record)
     crypto_threads: int | None = None  # None: one less than the usable CPUs
     tls_max: str | None = None  # "1.2" or "1.3"; None: 1.3, but 1.2 when pipelined
+
+    @property
+    def record_path(self) -> str:
+        """``records`` as the server uses it: None resolved to "direct" where the direct
+        layer can run (the ring transport, not ASYNC or pipelined), else "openssl"."""
+        if self.records is not None:
+            return self.records
+        if self.transport is Transport.RING and not (self.mode.asynchronous or self.mode.pipelined):
+            return "direct"
+        return "openssl"
 
     def check(self) -> None:
         """Raise ValueError for a setting out of its range (``LIMITS``) or settings that
@@ -123,7 +136,7 @@ class ServerConfig:
                     f"--mode {self.mode.value} hands ciphertext over through the rings: "
                     "it needs --transport ring"
                 )
-        if self.records not in RECORDS:
+        if self.records is not None and self.records not in RECORDS:
             raise ValueError(f"--records must be one of {', '.join(RECORDS)}")
         if self.records == "direct" and (self.mode.asynchronous or self.mode.pipelined):
             raise ValueError(f"--mode {self.mode.value} works through OpenSSL's own records: "

@@ -868,8 +868,8 @@ def server_context(config: ServerConfig) -> TLSContext:
     kw = config.context_kwargs()
     if config.certfile is not None and config.keyfile is not None:
         return TLSContext(True, certfile=config.certfile, keyfile=config.keyfile,
-                          records=config.records, **kw)  # fmt: skip
-    return TLSContext.server_self_signed("localhost", records=config.records, **kw)
+                          records=config.record_path, **kw)  # fmt: skip
+    return TLSContext.server_self_signed("localhost", records=config.record_path, **kw)
 
 
 def _cpu_seconds() -> float:
