@@ -53,6 +53,7 @@ import os
 import select
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -284,6 +285,7 @@ class Server:
         self.running = False
         self.caller_io = config.mode.offloads
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake_lock = threading.Lock()
         self.pool: Any = ffi.NULL
         if self.caller_io:
             self.pool = lib.offload_new(config.threads)
@@ -347,13 +349,17 @@ class Server:
     def stop(self) -> None:
         """Ask the loop to finish (safe from a signal handler or another thread)."""
         self.running = False
-        wake = self._wake_w
-        if wake < 0:  # the loop has ended already (its fds are closed, maybe reused)
+        # Never blocks (a signal handler may run while this thread holds the lock): a
+        # stop that finds it taken has nothing to do, the loop is closing or being woken.
+        if not self._wake_lock.acquire(blocking=False):
             return
         try:
-            os.write(wake, b"x")
+            if self._wake_w >= 0:  # else the loop has ended (its fds closed, maybe reused)
+                os.write(self._wake_w, b"x")
         except BlockingIOError:
             pass
+        finally:
+            self._wake_lock.release()
 
     # ------------------------------------------------------------- loop
 
@@ -859,8 +865,9 @@ class Server:
         self.stats.cpu_s = _cpu_seconds()
         self.listener.close()
         os.close(self._wake_r)
-        wake, self._wake_w = self._wake_w, -1  # stop() from now on: nothing to wake
-        os.close(wake)
+        with self._wake_lock:  # not while a stop() in another thread writes to it
+            wake, self._wake_w = self._wake_w, -1  # stop() from now on: nothing to wake
+            os.close(wake)
 
 
 def server_context(config: ServerConfig) -> TLSContext:
