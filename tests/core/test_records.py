@@ -557,6 +557,10 @@ def test_shutdown_answers_as_ssl_shutdown(records: str) -> None:
         c.write(b"after the end")
 
 
+@pytest.mark.skipif(
+    os.environ.get("WSSTLS_TEST_RECORDS") is not None,
+    reason="WSSTLS_TEST_RECORDS changes the contexts' default",
+)
 def test_direct_is_the_default() -> None:
     """A context without ``records`` seals and opens its own TLS 1.3 records over the ring
     transport, and says why not elsewhere."""
