@@ -235,6 +235,6 @@ def test_one_shared_client_cpu_is_flagged_client_bound(
     assert inline["client_bound"] is True and inline["shares_client_cpus"] is True
     assert inline["client_saturation"] >= 0.9
     assert doc["settings"]["client_cpus"] == [int(cpu)]
-    row = next(line for line in out.splitlines() if line.startswith("  inline TLS (ring)"))
+    row = next(ln for ln in out.splitlines() if ln.startswith("  inline TLS (ring, direct"))
     assert " c s " in row or "c s" in row
     assert "no conclusion from msg/s" in out

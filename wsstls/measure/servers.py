@@ -273,7 +273,8 @@ def _inline(o: DesignOptions) -> Design:
     suffix = "" if o.transport == "ring" else f"/{o.transport}"
     return Design(
         f"inline{suffix}",
-        f"inline TLS ({o.transport})",
+        # serve's default record path: direct over the ring, OpenSSL's over the others
+        f"inline TLS ({o.transport}{', direct records' if o.transport == 'ring' else ''})",
         (*_tls(o), "--mode", "inline"),
         transport=o.transport,
     )
