@@ -204,11 +204,12 @@ int wsecho_pump(tls_conn *c, ring *plain, struct wsecho *st, int flags)
 
 int wsecho_ping(tls_conn *c, struct wsecho *st)
 {
-    static const unsigned char empty_ping[2] = {0x80 | WS_OP_PING, 0};
+    unsigned char empty_ping[WS_HEADER_MAX];
     if (c == NULL || st->pending_len > 0)
         return 0;
-    long put = tls_write(c, empty_ping, sizeof empty_ping);
-    if (put == (long)sizeof empty_ping)
+    size_t n = ws_encode_header(empty_ping, WS_OP_PING, 1, 0, NULL); /* 0x89 0x00 */
+    long put = tls_write(c, empty_ping, n);
+    if (put == (long)n)
         return 1;
     if (put == TLS_WANT_WRITE || put == TLS_WANT_READ || put >= 0)
         return 0;

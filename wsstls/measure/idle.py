@@ -69,6 +69,138 @@ def _receive(c: _Client, data: bytes) -> bytes:
     return bytes(ws.data_to_send())
 
 
+class _Holder:
+    """One process's idle connections: one epoll loop, each client a small state machine
+    (connect, TLS handshake, send the upgrade, wait for the 101, then held open)."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        u = urlsplit(url)
+        self.host = u.hostname or "127.0.0.1"
+        self.port = u.port or (443 if u.scheme == "wss" else 80)
+        self.authority, self.target = f"{self.host}:{self.port}", u.path or "/"
+        self.ctx: ssl.SSLContext | None = None
+        if u.scheme == "wss":
+            self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            self.ctx.check_hostname = False
+            self.ctx.verify_mode = ssl.CERT_NONE
+        self.ep = select.epoll()
+        self.clients: dict[int, _Client] = {}
+        self.result = HoldResult(0, 0)
+        self.started = 0
+        self.pending = 0  # connections not yet open or failed
+        self.deadline = time.monotonic() + timeout
+
+    def connect(self) -> bool:
+        """Start one more connection; False when no more can be opened in this process."""
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setblocking(False)
+        self.started += 1
+        try:
+            s.connect((self.host, self.port))
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            s.close()
+            self.result.failed += 1
+            self.result.first_error = self.result.first_error or f"connect: {exc}"
+            return exc.errno not in (errno.EMFILE, errno.ENFILE, errno.EADDRNOTAVAIL)
+        self.clients[s.fileno()] = _Client(s, ClientConnection(self.authority, self.target))
+        self.ep.register(s.fileno(), select.EPOLLOUT)
+        self.pending += 1
+        return True
+
+    def _remove(self, c: _Client) -> None:
+        self.ep.unregister(c.fd)
+        del self.clients[c.fd]
+        (c.tls or c.sock).close()
+
+    def fail(self, c: _Client, why: str) -> None:
+        """A connection that did not open."""
+        if not self.result.first_error:
+            self.result.first_error = why
+        self.result.failed += 1
+        self.pending -= 1
+        self._remove(c)
+
+    def lost(self, c: _Client) -> None:
+        """An open connection that ended (the server closed it, or it broke)."""
+        self.result.opened -= 1
+        self._remove(c)
+
+    def expire(self) -> None:
+        """Fail every connection not open yet (the deadline passed)."""
+        for c in [c for c in self.clients.values() if c.state != _OPEN]:
+            self.fail(c, "timed out")
+
+    def poll(self, timeout: float) -> None:
+        for fd, _ in self.ep.poll(timeout):
+            c = self.clients.get(fd)
+            if c is not None:
+                self.step(c)
+
+    def step(self, c: _Client) -> None:
+        """Move ``c`` on as far as its socket allows."""
+        try:
+            self._step(c)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            return
+        except (OSError, ssl.SSLError) as exc:
+            if c.state == _OPEN:
+                return self.lost(c)
+            return self.fail(c, f"{type(exc).__name__}: {exc}")
+
+    def _step(self, c: _Client) -> None:
+        if c.state == _CONNECTING:
+            err = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                return self.fail(c, f"connect: {os.strerror(err)}")
+            if self.ctx is None:
+                c.state, c.out = _SEND, bytes(c.ws.data_to_send())
+            else:
+                c.tls = self.ctx.wrap_socket(c.sock, do_handshake_on_connect=False)
+                c.state = _TLS
+        if c.state == _TLS:
+            assert c.tls is not None
+            try:
+                c.tls.do_handshake()
+            except ssl.SSLWantReadError:
+                return self.ep.modify(c.fd, select.EPOLLIN)
+            except ssl.SSLWantWriteError:
+                return self.ep.modify(c.fd, select.EPOLLOUT)
+            c.state, c.out = _SEND, bytes(c.ws.data_to_send())
+        io = c.tls or c.sock
+        if c.state == _SEND:
+            while c.out:
+                c.out = c.out[io.send(c.out) :]
+            c.state = _RECV
+            return self.ep.modify(c.fd, select.EPOLLIN)
+        data = io.recv(65536)
+        if not data:
+            if c.state == _OPEN:
+                return self.lost(c)
+            return self.fail(c, "closed during the handshake")
+        out = _receive(c, data)
+        if c.state == _RECV:
+            if c.ws.state is State.CLOSED:
+                return self.fail(c, f"handshake: {c.ws.error}")
+            if c.ws.state is State.CONNECTING:
+                return  # the 101's head is not complete yet
+            c.state = _OPEN
+            self.result.opened += 1
+            self.pending -= 1
+        if out:
+            io.send(out)
+
+    def close(self) -> HoldResult:
+        """Close every connection; the result as it was just before."""
+        snapshot = HoldResult(self.result.opened, self.result.failed, self.result.first_error)
+        for c in list(self.clients.values()):
+            (c.tls or c.sock).close()
+        self.clients.clear()
+        self.ep.close()
+        return snapshot
+
+
 def hold(
     url: str,
     count: int,
@@ -82,137 +214,29 @@ def hold(
 
     ``ready(result)`` is called once all are open or failed (within ``timeout`` seconds);
     the connections are then held until ``until()`` returns True (polled every 100 ms), then
-    closed.  Returns the result as of ``ready``.
+    closed.  Returns the result as it was at the end (connections the server closed
+    while held are no longer counted as opened).
     """
-    u = urlsplit(url)
-    host, port = u.hostname or "127.0.0.1", u.port or (443 if u.scheme == "wss" else 80)
-    ctx: ssl.SSLContext | None = None
-    if u.scheme == "wss":
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    authority, target = f"{host}:{port}", u.path or "/"
-    ep = select.epoll()
-    clients: dict[int, _Client] = {}
-    result = HoldResult(0, 0)
-    started = 0
-    pending = 0  # connections not yet open or failed
-    deadline = time.monotonic() + timeout
-
-    def fail(c: _Client, why: str) -> None:
-        nonlocal pending
-        if not result.first_error:
-            result.first_error = why
-        result.failed += 1
-        pending -= 1
-        ep.unregister(c.fd)
-        del clients[c.fd]
-        (c.tls or c.sock).close()
-
-    def step(c: _Client, events: int) -> None:
-        nonlocal pending
-        fd = c.fd
-        try:
-            if c.state == _CONNECTING:
-                err = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                if err:
-                    return fail(c, f"connect: {os.strerror(err)}")
-                if ctx is None:
-                    c.state, c.out = _SEND, bytes(c.ws.data_to_send())
-                else:
-                    c.tls = ctx.wrap_socket(c.sock, do_handshake_on_connect=False)
-                    c.state = _TLS
-            if c.state == _TLS:
-                assert c.tls is not None
-                try:
-                    c.tls.do_handshake()
-                except ssl.SSLWantReadError:
-                    ep.modify(fd, select.EPOLLIN)
-                    return
-                except ssl.SSLWantWriteError:
-                    ep.modify(fd, select.EPOLLOUT)
-                    return
-                c.state, c.out = _SEND, bytes(c.ws.data_to_send())
-            io = c.tls or c.sock
-            if c.state == _SEND:
-                while c.out:
-                    c.out = c.out[io.send(c.out) :]
-                c.state = _RECV
-                ep.modify(fd, select.EPOLLIN)
-                return
-            data = io.recv(65536)
-            if not data:
-                if c.state == _OPEN:
-                    result.opened -= 1
-                    ep.unregister(fd)
-                    del clients[fd]
-                    io.close()
-                    return
-                return fail(c, "closed during the handshake")
-            out = _receive(c, data)
-            if c.state == _RECV:
-                if c.ws.state is State.CLOSED:
-                    return fail(c, f"handshake: {c.ws.error}")
-                if c.ws.state is State.CONNECTING:
-                    return  # the 101's head is not complete yet
-                c.state = _OPEN
-                result.opened += 1
-                pending -= 1
-            if out:
-                io.send(out)
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
-            return
-        except (OSError, ssl.SSLError) as exc:
-            if c.state == _OPEN:
-                result.opened -= 1
-                ep.unregister(fd)
-                del clients[fd]
-                (c.tls or c.sock).close()
-                return
-            return fail(c, f"{type(exc).__name__}: {exc}")
-
+    h = _Holder(url, timeout)
     announced = False
     try:
         while True:
-            while started < count and pending < concurrency:
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                s.setblocking(False)
-                try:
-                    s.connect((host, port))
-                except BlockingIOError:
-                    pass
-                except OSError as exc:
-                    s.close()
-                    started += 1
-                    result.failed += 1
-                    result.first_error = result.first_error or f"connect: {exc}"
-                    if exc.errno in (errno.EMFILE, errno.ENFILE, errno.EADDRNOTAVAIL):
-                        count = started  # no more can be opened here
-                    continue
-                clients[s.fileno()] = _Client(s, ClientConnection(authority, target))
-                ep.register(s.fileno(), select.EPOLLOUT)
-                started += 1
-                pending += 1
-            if not announced and started >= count and pending == 0:
+            while h.started < count and h.pending < concurrency:
+                if not h.connect():
+                    count = h.started  # no more can be opened here
+            if not announced and h.started >= count and h.pending == 0:
                 announced = True
                 if ready is not None:
-                    ready(result)
+                    ready(h.result)
             if announced and (until is None or until()):
                 break
-            if not announced and time.monotonic() > deadline:
-                for c in [c for c in clients.values() if c.state != _OPEN]:
-                    fail(c, "timed out")
+            if not announced and time.monotonic() > h.deadline:
+                h.expire()
                 continue
-            for fd, ev in ep.poll(0.1):
-                ready_one = clients.get(fd)
-                if ready_one is not None:
-                    step(ready_one, ev)
+            h.poll(0.1)
     finally:
-        snapshot = HoldResult(result.opened, result.failed, result.first_error)
-        for c in list(clients.values()):
-            (c.tls or c.sock).close()
-        ep.close()
-    return snapshot
+        result = h.close()
+    return result
 
 
 class IdleClients:
