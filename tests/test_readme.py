@@ -6,6 +6,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.no_sanitizer  # reads README.md only (the sanitizer's copy has none)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
