@@ -103,47 +103,90 @@ def callgrind_table(size: int) -> None:
 # ------------------------------------------------ server instructions per echo
 
 
-def server_instructions(duration: float) -> None:
-    """The echo server's hot path (``wsecho_pump``: receive, decrypt, echo, encrypt, send)
-    under callgrind, per 64 B echo: ws, OpenSSL's records, direct records."""
-    if shutil.which("valgrind") is None:
-        print("server instructions: skipped (needs valgrind)\n")
-        return
+SERVERS = (("ws (no TLS)", ["--no-tls"]),
+           ("wss, OpenSSL's records", ["--records", "openssl"]),
+           ("wss, direct records", ["--records", "direct"]))  # fmt: skip
+
+
+def _echo_server(wrap: list[str], args: list[str], d: str, duration: float) -> tuple[int, str]:
+    """``python -m wsstls serve ARGS`` under ``wrap`` (callgrind), or with ``wrap``
+    attached to it when ``wrap`` holds ``{pid}`` (strace), serving 64 B echoes on 10
+    connections for ``duration`` s; returns the echoes it counted and the wrapper's stderr
+    (callgrind) or "" (strace writes its own file)."""
     import json
     import signal
 
     from wsstls import loadgen
 
-    print("Server instructions per 64 B echo in its hot path (callgrind, wsecho_pump inclusive;"
-          " 10 connections)")  # fmt: skip
-    per: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as d:
-        for name, args in (("ws (no TLS)", ["--no-tls"]),
-                           ("wss, OpenSSL's records", ["--records", "openssl"]),
-                           ("wss, direct records", ["--records", "direct"])):  # fmt: skip
-            stats = Path(d, "stats.json")
-            cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={d}/cg",
-                   "--toggle-collect=wsecho_pump", sys.executable, "-m", "wsstls", "serve",
-                   *args, "--stats", str(stats)]  # fmt: skip
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            try:
-                assert proc.stdout is not None
-                url = proc.stdout.readline().split()[-1]
-                loadgen.run(url, connections=10, size=64, duration=duration, warmup=0.5,
-                            records="direct", connect_timeout=60)  # fmt: skip
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                _, err = proc.communicate(timeout=120)
+    stats = Path(d, "stats.json")
+    serve = [sys.executable, "-m", "wsstls", "serve", *args, "--stats", str(stats)]
+    attach = any("{pid}" in w for w in wrap)
+    proc = subprocess.Popen(serve if attach else [*wrap, *serve], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    tracer = None
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().split()[-1]
+        if attach:
+            tracer = subprocess.Popen([w.format(pid=proc.pid) for w in wrap],
+                                      stderr=subprocess.DEVNULL)  # fmt: skip
+            time.sleep(0.5)  # attached before the first echo
+        loadgen.run(url, connections=10, size=64, duration=duration, warmup=0.5,
+                    records="direct", connect_timeout=60)  # fmt: skip
+    finally:
+        if tracer is not None:
+            tracer.send_signal(signal.SIGINT)
+            tracer.wait(timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    doc = json.loads(stats.read_text())
+    return int(doc["messages_fast"] + doc["messages_slow"]), "" if attach else err
+
+
+def server_instructions(duration: float) -> None:
+    """Instructions per 64 B echo under callgrind: in the hot path (``wsecho_pump``:
+    receive, decrypt, echo, encrypt, send) and in the whole C loop (``wsloop_poll``: the
+    same plus epoll and the loop's bookkeeping); ws, OpenSSL's records, direct records."""
+    if shutil.which("valgrind") is None:
+        print("server instructions: skipped (needs valgrind)\n")
+        return
+    for counted, what in (("wsecho_pump", "its hot path"), ("wsloop_poll", "its whole C loop")):
+        print(f"Server instructions per 64 B echo in {what} (callgrind, {counted} inclusive;"
+              " 10 connections)")  # fmt: skip
+        per: dict[str, float] = {}
+        for name, args in SERVERS:
+            with tempfile.TemporaryDirectory() as d:
+                wrap = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={d}/cg",
+                        f"--toggle-collect={counted}"]  # fmt: skip
+                messages, err = _echo_server(wrap, args, d, duration)
             total = next(int(line.split(":")[-1].replace(",", "").strip())
                          for line in err.splitlines() if "Collected :" in line)  # fmt: skip
-            doc = json.loads(stats.read_text())
-            messages = doc["messages_fast"] + doc["messages_slow"]
             per[name] = total / messages
             print(f"  {name:28} {per[name]:9.0f} instructions  ({messages} echoes)")
-    ws = per["ws (no TLS)"]
-    ossl, direct = per["wss, OpenSSL's records"] - ws, per["wss, direct records"] - ws
-    print(f"  TLS's share (wss - ws): OpenSSL's records {ossl:.0f}, direct {direct:.0f}"
-          f" = {direct / ossl:.2f}x\n")  # fmt: skip
+        ws = per["ws (no TLS)"]
+        ossl, direct = per["wss, OpenSSL's records"] - ws, per["wss, direct records"] - ws
+        print(f"  TLS's share (wss - ws): OpenSSL's records {ossl:.0f}, direct {direct:.0f}"
+              f" = {direct / ossl:.2f}x\n")  # fmt: skip
+
+
+def server_syscalls(duration: float) -> None:
+    """System calls per 64 B echo in the server (``strace -c`` attached to it)."""
+    if shutil.which("strace") is None:
+        print("server system calls: skipped (needs strace)\n")
+        return
+    print("Server system calls per 64 B echo (strace -c, 10 connections; under 0.01 left out)")
+    for name, args in SERVERS:
+        with tempfile.TemporaryDirectory() as d:
+            wrap = ["strace", "-c", "-f", "-p", "{pid}", "-o", f"{d}/strace"]
+            messages, _ = _echo_server(wrap, args, d, duration)
+            calls = []
+            for line in Path(d, "strace").read_text().splitlines()[2:]:
+                cols = line.split()
+                if len(cols) >= 5 and cols[3].isdigit() and cols[-1] != "total":
+                    if int(cols[3]) / messages >= 0.01:
+                        calls.append(f"{cols[-1]} {int(cols[3]) / messages:.2f}")
+        print(f"  {name:28} {', '.join(calls)}")
+    print()
 
 
 # ------------------------------------------------------------ server CPU
@@ -243,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         callgrind_table(a.size)
     if not a.no_callgrind:
         server_instructions(a.duration)
+        server_syscalls(a.duration)
     if not a.no_cpu:
         cpu_table(a.rounds, a.duration, a.conns)
     return 0
