@@ -25,6 +25,7 @@ import enum
 import ipaddress
 import os
 import socket
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any, NoReturn
@@ -476,8 +477,8 @@ class TLSConnection:
     the compound calls do the socket I/O.  Without it, move ciphertext with ``feed``,
     ``feed_eof`` and ``take`` (``ring``, ``mem`` and ``pair`` only).
 
-    ``read_ahead`` (default: on for ``ring``, off otherwise, as in CPython)
-    lets OpenSSL read several records per call.  ``via_ring`` makes the
+    ``read_ahead`` (default: on for ``ring`` and for pipelined contexts, off
+    otherwise, as in CPython) lets OpenSSL read several records per call.  ``via_ring`` makes the
     ``ring`` transport pass every byte through its rings instead of the socket
     going straight to OpenSSL's buffers (to measure the difference).
     """
@@ -552,7 +553,10 @@ class TLSConnection:
         self._async = context.crypto is Crypto.ASYNC
         # ASYNC: the buffer a paused call reads into or writes from (OpenSSL
         # resumes it with that memory), kept alive until the call is done.
-        self._hold: Any = None
+        self._box: list[Any] = [None]
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+        if self._async:  # collected while a call is paused: that call is finished first
+            self._finalizer = weakref.finalize(self, _finish_paused, self._handle, self._box)
         self.server_hostname = server_hostname
         self._handshaken = False
 
@@ -577,6 +581,14 @@ class TLSConnection:
         if status in TLS_WAITS:
             return 0
         self._raise(status)
+
+    @property
+    def _hold(self) -> Any:
+        return self._box[0]
+
+    @_hold.setter
+    def _hold(self, obj: Any) -> None:
+        self._box[0] = obj
 
     def _live(self) -> Any:
         if self._handle is None:
@@ -780,11 +792,13 @@ class TLSConnection:
 
     def async_stats(self) -> dict[str, int]:
         """This connection's ASYNC counters: pauses, resumes, want_async, offloaded,
-        inline_ops (zeros for a context not ASYNC)."""
+        inline_ops, job_calls (SSL calls run in an ASYNC job) and direct_calls (SSL calls
+        kept out of jobs: nothing to offload); zeros for a context not ASYNC."""
         out = ffi.new("struct tls_async_stats *")
         lib.tls_async_stats(self._live(), out)
-        return {k: getattr(out, k) for k in ("pauses", "resumes", "want_async", "offloaded",
-                                             "inline_ops")}  # fmt: skip
+        names = ("pauses", "resumes", "want_async", "offloaded", "inline_ops", "job_calls",
+                 "direct_calls")  # fmt: skip
+        return {k: getattr(out, k) for k in names}
 
     def shutdown(self) -> bool:
         """Send close_notify; True when the peer's close_notify was received as well."""
@@ -898,8 +912,9 @@ class TLSConnection:
         """Free the SSL object now (does not send close_notify or close the socket).
 
         A call paused in an ASYNC job is completed first, while its buffer is alive."""
-        if self._handle is not None and self._async:
-            lib.tls_async_finish(self._handle)
+        if self._finalizer is not None:
+            self._finalizer()  # finishes a paused call, lets the handle go
+            self._finalizer = None
         self._handle = None
         self._hold = None
         self._sock = None
@@ -925,8 +940,10 @@ class CryptoCounters:
     most in one call, and ``records_hist`` (records per call: 1, 2, 3-4, 5-8,
     9-16, 17-32).  ``pauses``/``resumes``: ASYNC jobs paused and resumed;
     ``want_async``: SSL calls that returned for it; ``offloaded``/``inline_ops``:
-    crypto calls that paused or stayed inline.  ``worker_ns``: time pool
-    workers spent sealing/opening; ``wait_ns``: time callers waited for them.
+    crypto calls that paused or stayed inline; ``job_calls``/``direct_calls``:
+    SSL calls of ASYNC connections run in a job or kept out of one (nothing
+    to offload).  ``worker_ns``: time pool workers spent sealing/opening;
+    ``wait_ns``: time callers waited for them.
     """
 
     cipher_calls: int
@@ -946,6 +963,8 @@ class CryptoCounters:
     caller_tasks: int
     worker_ns: int
     wait_ns: int
+    job_calls: int
+    direct_calls: int
 
 
 def crypto_counters() -> CryptoCounters:
@@ -960,6 +979,13 @@ def crypto_counters() -> CryptoCounters:
 def reset_crypto_counters() -> None:
     """Zero the process's crypto counters."""
     lib.tls_crypto_reset_counters()
+
+
+def _finish_paused(conn: Any, box: list[Any]) -> None:
+    """An ASYNC connection closed or collected: a paused call is completed while its
+    buffer (``box``) is alive; the job would never run again otherwise."""
+    lib.tls_async_finish(conn)
+    box[0] = None
 
 
 def _host_bytes(name: str) -> bytes:

@@ -2,9 +2,10 @@
  * asyncjob.c - the ASYNC provider and the pause machinery (see asyncjob.h).
  *
  * The provider's AES-GCM is a thin proxy over the default provider's, one
- * inner EVP_CIPHER_CTX per context: every call and parameter is forwarded, so
- * the TLS record semantics (TLS 1.2 AAD, fixed and explicit IVs; TLS 1.3
- * AEAD calls) are exactly OpenSSL's.  Only an update of at least the current
+ * inner context of the default provider's own AES-GCM per context, called
+ * through that provider's dispatch table: every call and parameter is
+ * forwarded, so the TLS record semantics (TLS 1.2 AAD, fixed and explicit
+ * IVs; TLS 1.3 AEAD calls) are exactly OpenSSL's.  Only an update of at least the current
  * connection's threshold, inside an ASYNC job, runs elsewhere: on a pool
  * worker while the job is paused.
  *
@@ -43,12 +44,15 @@ struct async_conn {
     size_t threshold;
     struct cpool_batch batch;
     int busy; /* the pool holds this connection's work (loop thread only) */
-    counter pauses, resumes, inline_ops, offloaded, want_async;
+    counter pauses, resumes, inline_ops, offloaded, want_async, job_calls, direct_calls;
 };
 
-static _Thread_local struct async_conn *current;
+/* The connection whose SSL call runs on this thread.  initial-exec: a
+ * pointer's worth of the static TLS surplus glibc keeps for dlopen()ed
+ * objects, read without a __tls_get_addr call per record. */
+static _Thread_local struct async_conn *current __attribute__((tls_model("initial-exec")));
 static const char wait_key = 0; /* the wait context's key for our fd */
-static atomic_uint_fast64_t g_pauses, g_resumes, g_inline, g_offloaded, g_want;
+static atomic_uint_fast64_t g_pauses, g_resumes, g_inline, g_offloaded, g_want, g_jobs, g_direct;
 
 struct async_conn *async_conn_new(size_t threshold)
 {
@@ -102,6 +106,8 @@ void async_conn_counters(const struct async_conn *ac, struct async_counters *out
     out->inline_ops = counter_get(&ac->inline_ops);
     out->offloaded = counter_get(&ac->offloaded);
     out->want_async = counter_get(&ac->want_async);
+    out->job_calls = counter_get(&ac->job_calls);
+    out->direct_calls = counter_get(&ac->direct_calls);
 }
 
 static void bump(counter *c, atomic_uint_fast64_t *g)
@@ -115,13 +121,24 @@ void async_leave(void) { current = NULL; }
 
 void async_conn_want(struct async_conn *ac) { bump(&ac->want_async, &g_want); }
 
+void async_conn_call(struct async_conn *ac, int in_job)
+{
+    if (in_job)
+        bump(&ac->job_calls, &g_jobs);
+    else
+        bump(&ac->direct_calls, &g_direct);
+}
+
+size_t async_conn_threshold(const struct async_conn *ac) { return ac->threshold; }
+
 int async_offload(struct cpool_task *tasks, size_t n, size_t bytes)
 {
     struct async_conn *ac = current;
     if (ac == NULL)
         return 0;
-    ASYNC_JOB *job = ASYNC_get_current_job();
-    if (job == NULL || bytes < ac->threshold || cpool_threads() == 0 || ac->busy) {
+    ASYNC_JOB *job; /* (looked up last: it costs a thread-local and an init check) */
+    if (bytes < ac->threshold || cpool_threads() == 0 || ac->busy ||
+        (job = ASYNC_get_current_job()) == NULL) {
         bump(&ac->inline_ops, &g_inline);
         return 0;
     }
@@ -162,6 +179,8 @@ void async_global_counters(struct async_counters *out)
     out->inline_ops = atomic_load(&g_inline);
     out->offloaded = atomic_load(&g_offloaded);
     out->want_async = atomic_load(&g_want);
+    out->job_calls = atomic_load(&g_jobs);
+    out->direct_calls = atomic_load(&g_direct);
 }
 
 void async_reset_global_counters(void)
@@ -171,37 +190,112 @@ void async_reset_global_counters(void)
     atomic_store(&g_inline, 0);
     atomic_store(&g_offloaded, 0);
     atomic_store(&g_want, 0);
+    atomic_store(&g_jobs, 0);
+    atomic_store(&g_direct, 0);
 }
 
 /* ------------------------------------------------------- the provider */
 
-struct pctx {
-    EVP_CIPHER_CTX *inner;
-    EVP_CIPHER *cipher; /* the default provider's, fetched once */
-    int started;        /* inner has its cipher */
+/* The default provider's AES-GCM, called through its own dispatch table (an
+ * EVP_CIPHER_CTX in between cost every record a second EVP layer: the
+ * parameter calls of TLS 1.2 and the update, forwarded twice). */
+struct impl {
+    OSSL_FUNC_cipher_newctx_fn *newctx;
+    OSSL_FUNC_cipher_freectx_fn *freectx;
+    OSSL_FUNC_cipher_dupctx_fn *dupctx;
+    OSSL_FUNC_cipher_encrypt_init_fn *einit;
+    OSSL_FUNC_cipher_decrypt_init_fn *dinit;
+    OSSL_FUNC_cipher_update_fn *update;
+    OSSL_FUNC_cipher_final_fn *final;
+    OSSL_FUNC_cipher_cipher_fn *cipher;
+    OSSL_FUNC_cipher_get_ctx_params_fn *get_ctx_params;
+    OSSL_FUNC_cipher_set_ctx_params_fn *set_ctx_params;
+    int complete;
 };
 
-static EVP_CIPHER *gcm128, *gcm256;
-static pthread_once_t fetch_once = PTHREAD_ONCE_INIT;
+struct pctx {
+    const struct impl *impl;
+    void *inner; /* the default provider's context */
+};
 
-static void fetch_default(void)
+static struct impl gcm128, gcm256;
+static void *dflt_provctx;
+static OSSL_PROVIDER *dflt;
+
+static int take_impl(struct impl *m, const OSSL_DISPATCH *d)
 {
-    gcm128 = EVP_CIPHER_fetch(NULL, "AES-128-GCM", "provider=default");
-    gcm256 = EVP_CIPHER_fetch(NULL, "AES-256-GCM", "provider=default");
+    for (; d->function_id != 0; d++) {
+        switch (d->function_id) {
+        case OSSL_FUNC_CIPHER_NEWCTX:
+            m->newctx = OSSL_FUNC_cipher_newctx(d);
+            break;
+        case OSSL_FUNC_CIPHER_FREECTX:
+            m->freectx = OSSL_FUNC_cipher_freectx(d);
+            break;
+        case OSSL_FUNC_CIPHER_DUPCTX:
+            m->dupctx = OSSL_FUNC_cipher_dupctx(d);
+            break;
+        case OSSL_FUNC_CIPHER_ENCRYPT_INIT:
+            m->einit = OSSL_FUNC_cipher_encrypt_init(d);
+            break;
+        case OSSL_FUNC_CIPHER_DECRYPT_INIT:
+            m->dinit = OSSL_FUNC_cipher_decrypt_init(d);
+            break;
+        case OSSL_FUNC_CIPHER_UPDATE:
+            m->update = OSSL_FUNC_cipher_update(d);
+            break;
+        case OSSL_FUNC_CIPHER_FINAL:
+            m->final = OSSL_FUNC_cipher_final(d);
+            break;
+        case OSSL_FUNC_CIPHER_CIPHER:
+            m->cipher = OSSL_FUNC_cipher_cipher(d);
+            break;
+        case OSSL_FUNC_CIPHER_GET_CTX_PARAMS:
+            m->get_ctx_params = OSSL_FUNC_cipher_get_ctx_params(d);
+            break;
+        case OSSL_FUNC_CIPHER_SET_CTX_PARAMS:
+            m->set_ctx_params = OSSL_FUNC_cipher_set_ctx_params(d);
+            break;
+        default:
+            break;
+        }
+    }
+    m->complete = m->newctx && m->freectx && m->dupctx && m->einit && m->dinit && m->update &&
+                  m->final && m->cipher && m->get_ctx_params && m->set_ctx_params;
+    return m->complete;
 }
 
-static void *newctx(EVP_CIPHER **which)
+/* The default provider's AES-128/256-GCM dispatch tables (it stays loaded:
+ * we hold a reference, so the tables and its context stay valid).  1 on
+ * success. */
+static int find_default_gcm(void)
 {
-    if (pthread_once(&fetch_once, fetch_default) != 0 || *which == NULL)
+    int no_cache = 0;
+    const OSSL_ALGORITHM *alg = OSSL_PROVIDER_query_operation(dflt, OSSL_OP_CIPHER, &no_cache);
+    if (alg == NULL || (dflt_provctx = OSSL_PROVIDER_get0_provider_ctx(dflt)) == NULL)
+        return 0;
+    for (; alg->algorithm_names != NULL; alg++) {
+        if (strncmp(alg->algorithm_names, "AES-128-GCM:", 12) == 0)
+            take_impl(&gcm128, alg->implementation);
+        else if (strncmp(alg->algorithm_names, "AES-256-GCM:", 12) == 0)
+            take_impl(&gcm256, alg->implementation);
+    }
+    OSSL_PROVIDER_unquery_operation(dflt, OSSL_OP_CIPHER, alg);
+    return gcm128.complete && gcm256.complete;
+}
+
+static void *newctx(const struct impl *m)
+{
+    if (!m->complete)
         return NULL;
     struct pctx *p = calloc(1, sizeof *p);
     if (p == NULL)
         return NULL;
-    if ((p->inner = EVP_CIPHER_CTX_new()) == NULL) {
+    if ((p->inner = m->newctx(dflt_provctx)) == NULL) {
         free(p);
         return NULL;
     }
-    p->cipher = *which;
+    p->impl = m;
     return p;
 }
 
@@ -220,7 +314,7 @@ static void *newctx256(void *provctx)
 static void freectx(void *vctx)
 {
     struct pctx *p = vctx;
-    EVP_CIPHER_CTX_free(p->inner);
+    p->impl->freectx(p->inner);
     free(p);
 }
 
@@ -229,107 +323,81 @@ static void *dupctx(void *vctx)
     struct pctx *p = vctx, *d = calloc(1, sizeof *d);
     if (d == NULL)
         return NULL;
-    *d = *p;
-    if ((d->inner = EVP_CIPHER_CTX_new()) == NULL || !EVP_CIPHER_CTX_copy(d->inner, p->inner)) {
-        EVP_CIPHER_CTX_free(d->inner);
+    d->impl = p->impl;
+    if ((d->inner = p->impl->dupctx(p->inner)) == NULL) {
         free(d);
         return NULL;
     }
     return d;
 }
 
-static int init(void *vctx, const unsigned char *key, const unsigned char *iv,
-                const OSSL_PARAM params[], int enc)
-{
-    struct pctx *p = vctx;
-    /* The cipher only the first time: naming it again would drop the key
-     * (TLS 1.3 sets a new IV per record, without the key). */
-    if (EVP_CipherInit_ex2(p->inner, p->started ? NULL : p->cipher, key, iv, enc, params) != 1)
-        return 0;
-    p->started = 1;
-    return 1;
-}
-
 static int einit(void *vctx, const unsigned char *key, size_t keylen, const unsigned char *iv,
                  size_t ivlen, const OSSL_PARAM params[])
 {
-    (void)keylen, (void)ivlen;
-    return init(vctx, key, iv, params, 1);
+    struct pctx *p = vctx;
+    return p->impl->einit(p->inner, key, keylen, iv, ivlen, params);
 }
 
 static int dinit(void *vctx, const unsigned char *key, size_t keylen, const unsigned char *iv,
                  size_t ivlen, const OSSL_PARAM params[])
 {
-    (void)keylen, (void)ivlen;
-    return init(vctx, key, iv, params, 0);
+    struct pctx *p = vctx;
+    return p->impl->dinit(p->inner, key, keylen, iv, ivlen, params);
 }
 
 struct update_job {
-    EVP_CIPHER_CTX *inner;
+    struct pctx *p;
     unsigned char *out;
     const unsigned char *in;
-    int inl, outl;
+    size_t inl, outl, outsize;
 };
 
 static void run_update(struct cpool_task *t)
 {
     struct update_job *u = t->arg;
-    t->ok = EVP_CipherUpdate(u->inner, u->out, &u->outl, u->in, u->inl) == 1;
+    t->ok = u->p->impl->update(u->p->inner, u->out, &u->outl, u->outsize, u->in, u->inl) == 1;
 }
 
 static int update(void *vctx, unsigned char *out, size_t *outl, size_t outsize,
                   const unsigned char *in, size_t inl)
 {
-    (void)outsize;
     struct pctx *p = vctx;
-    if (inl > INT_MAX)
-        return 0;
-    struct update_job u = {.inner = p->inner, .out = out, .in = in, .inl = (int)inl};
+    if (current == NULL) /* a call out of any job (tls.c): the default's, as is */
+        return p->impl->update(p->inner, out, outl, outsize, in, inl);
+    struct update_job u = {.p = p, .out = out, .in = in, .inl = inl, .outsize = outsize};
     struct cpool_task t = {.fn = run_update, .arg = &u};
     /* Data (not AAD) of at least the threshold, in a job: a worker seals it. */
     if (out == NULL || !async_offload(&t, 1, inl))
         run_update(&t);
     if (!t.ok)
         return 0;
-    *outl = (size_t)u.outl;
+    *outl = u.outl;
     return 1;
 }
 
 static int final(void *vctx, unsigned char *out, size_t *outl, size_t outsize)
 {
-    (void)outsize;
     struct pctx *p = vctx;
-    int n = 0;
-    if (EVP_CipherFinal_ex(p->inner, out, &n) != 1)
-        return 0;
-    *outl = (size_t)n;
-    return 1;
+    return p->impl->final(p->inner, out, outl, outsize);
 }
 
 static int cipher(void *vctx, unsigned char *out, size_t *outl, size_t outsize,
                   const unsigned char *in, size_t inl)
 {
-    (void)outsize;
     struct pctx *p = vctx;
-    if (inl > UINT_MAX)
-        return 0;
-    int n = EVP_Cipher(p->inner, out, in, (unsigned int)inl);
-    if (n < 0)
-        return 0;
-    *outl = (size_t)n;
-    return 1;
+    return p->impl->cipher(p->inner, out, outl, outsize, in, inl);
 }
 
 static int get_ctx_params(void *vctx, OSSL_PARAM params[])
 {
     struct pctx *p = vctx;
-    return !p->started || EVP_CIPHER_CTX_get_params(p->inner, params) == 1;
+    return p->impl->get_ctx_params(p->inner, params);
 }
 
 static int set_ctx_params(void *vctx, const OSSL_PARAM params[])
 {
     struct pctx *p = vctx;
-    return !p->started || EVP_CIPHER_CTX_set_params(p->inner, params) == 1;
+    return p->impl->set_ctx_params(p->inner, params);
 }
 
 static int get_params(OSSL_PARAM params[], size_t keylen)
@@ -469,7 +537,7 @@ static int provider_init(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in
 }
 
 /* Process-lifetime: the two providers stay loaded once loaded. */
-static OSSL_PROVIDER *ours, *dflt;
+static OSSL_PROVIDER *ours;
 static pthread_once_t load_once = PTHREAD_ONCE_INIT;
 static int load_ok;
 
@@ -477,7 +545,7 @@ static void load(void)
 {
     /* Loading one provider by hand stops the default one loading by itself:
      * load it too (a no-op but for a reference when it already is). */
-    if ((dflt = OSSL_PROVIDER_load(NULL, "default")) == NULL)
+    if ((dflt = OSSL_PROVIDER_load(NULL, "default")) == NULL || !find_default_gcm())
         return;
     if (!OSSL_PROVIDER_add_builtin(NULL, "wsstls-async", provider_init) ||
         (ours = OSSL_PROVIDER_load(NULL, "wsstls-async")) == NULL)

@@ -34,9 +34,12 @@
 struct async_counters {
     uint64_t pauses;   /* ASYNC_pause_job calls */
     uint64_t resumes;  /* returns from them */
-    uint64_t inline_ops; /* AEAD calls sealed inline (below the threshold, or no job) */
+    uint64_t inline_ops; /* AEAD calls of a job's SSL call sealed inline (below the
+                            threshold); calls out of jobs are not counted here */
     uint64_t offloaded;  /* AEAD calls (or pipelined batches) that paused */
     uint64_t want_async; /* SSL calls that returned SSL_ERROR_WANT_ASYNC */
+    uint64_t job_calls;    /* SSL calls run in an ASYNC job (SSL_MODE_ASYNC on) */
+    uint64_t direct_calls; /* SSL calls kept out of jobs: nothing to offload */
 };
 
 struct async_conn;
@@ -58,6 +61,10 @@ int async_conn_fd(const struct async_conn *ac);
 int async_conn_ready(const struct async_conn *ac);
 /* The SSL call returned SSL_ERROR_WANT_ASYNC (counted by the caller). */
 void async_conn_want(struct async_conn *ac);
+/* An SSL call ran in a job (in_job 1) or out of one (0), counted by the caller. */
+void async_conn_call(struct async_conn *ac, int in_job);
+/* The connection's offload threshold, bytes. */
+size_t async_conn_threshold(const struct async_conn *ac);
 void async_conn_counters(const struct async_conn *ac, struct async_counters *out);
 
 /* Make ac current on this thread for the duration of one SSL call. */

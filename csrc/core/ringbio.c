@@ -31,6 +31,8 @@ struct ringbio {
      * sees EOF also sees every byte committed to rx before it. */
     atomic_int eof;
     atomic_int last_errno;
+    int read_failed; /* READ_FD: ringbio_read_batch met a socket error (kept for rb_read) */
+    size_t limit;    /* ringbio_limit_read: what rb_read may still give (SIZE_MAX: any) */
     int drained; /* READ_FD only (one thread): socket emptied this batch */
     counter rx_syscalls, rx_bytes, rx_direct, tx_syscalls, tx_bytes, tx_direct, eagain;
 };
@@ -155,7 +157,19 @@ static int rb_read(BIO *b, char *buf, size_t len, size_t *readbytes)
 {
     struct ringbio *s = BIO_get_data(b);
     BIO_clear_retry_flags(b);
+    if (s->limit != SIZE_MAX && !atomic_load_explicit(&s->eof, memory_order_acquire)) {
+        /* rx's first bytes only, as many as allowed (at the end of the stream,
+         * all of it: OpenSSL must see a record cut short, then the end) */
+        *readbytes = RX(s) != NULL ? ring_read(RX(s), buf, len < s->limit ? len : s->limit) : 0;
+        s->limit -= *readbytes;
+        if (*readbytes > 0)
+            return 1;
+        BIO_set_retry_read(b);
+        return 0;
+    }
     *readbytes = RX(s) != NULL ? ring_read(RX(s), buf, len) : 0;
+    if (*readbytes == 0 && len > 0 && s->read_failed)
+        return 0; /* no retry flag: the socket error (last_errno) */
     if (*readbytes == 0 && len > 0 && (s->flags & RINGBIO_READ_FD) && !s->drained &&
         !atomic_load_explicit(&s->eof, memory_order_acquire)) {
         ssize_t got = read_direct(s, buf, len);
@@ -242,6 +256,7 @@ BIO *ringbio_new(ring **rx, ring **tx, size_t capacity, int ring_flags, int fd, 
     s->cap = capacity;
     s->ring_flags = ring_flags;
     s->fd = fd;
+    s->limit = SIZE_MAX;
     s->flags = fd >= 0 ? flags : 0;
     if ((s->flags & (RINGBIO_READ_FD | RINGBIO_WRITE_FD)) != (RINGBIO_READ_FD | RINGBIO_WRITE_FD))
         s->flags &= ~RINGBIO_LAZY; /* the caller moves bytes through the rings */
@@ -291,6 +306,8 @@ ssize_t ringbio_read_batch(BIO *b)
     ssize_t got = ringbio_fill(b);
     if (got == -EAGAIN || (got > 0 && ring_writable(RX(s)) > 0))
         s->drained = 1; /* a stream socket that gave less than asked is empty */
+    else if (got < 0 && got != -ENOBUFS)
+        s->read_failed = 1; /* (a second readv would not say it again) */
     return got;
 }
 
@@ -308,6 +325,12 @@ ssize_t ringbio_flush(BIO *b)
     else if (put < 0)
         atomic_store_explicit(&s->last_errno, (int)-put, memory_order_relaxed);
     return put;
+}
+
+void ringbio_limit_read(BIO *b, size_t n)
+{
+    struct ringbio *s = BIO_get_data(b);
+    s->limit = n;
 }
 
 void ringbio_set_eof(BIO *b)

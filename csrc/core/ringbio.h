@@ -62,11 +62,17 @@ BIO *ringbio_new(ring **rx, ring **tx, size_t capacity, int ring_flags, int fd, 
 ssize_t ringbio_fill(BIO *b);
 ssize_t ringbio_flush(BIO *b);
 
-/* A record layer of our own with a socket (READ_FD): one readv into rx,
- * unless the socket was found drained in this batch (-EAGAIN then without
- * a system call); a read that leaves rx room drains it.  Returns as
- * ringbio_fill. */
+/* A record layer of our own with a socket (READ_FD), or a look at the next
+ * records before OpenSSL reads them: one readv into rx, unless the socket
+ * was found drained in this batch (-EAGAIN then without a system call); a
+ * read that leaves rx room drains it; a socket error is kept for OpenSSL's
+ * next read of an empty rx to fail with.  Returns as ringbio_fill. */
 ssize_t ringbio_read_batch(BIO *b);
+
+/* OpenSSL's reads take at most n more bytes, from rx only (no socket
+ * read), until the limit is set again; SIZE_MAX: no limit (the default).
+ * Once the end of the stream was seen the limit no longer holds. */
+void ringbio_limit_read(BIO *b, size_t n);
 
 void ringbio_set_eof(BIO *b);       /* the peer will send no more */
 int ringbio_eof_seen(BIO *b);       /* ... even with bytes still in rx */

@@ -332,6 +332,8 @@ void tls_crypto_counters(struct tls_crypto_counters *out)
     out->inline_ops = a.inline_ops;
     out->offloaded = a.offloaded;
     out->want_async = a.want_async;
+    out->job_calls = a.job_calls;
+    out->direct_calls = a.direct_calls;
     out->pool_threads = k.threads;
     out->dispatches = k.dispatches;
     out->worker_tasks = k.tasks;
@@ -681,6 +683,21 @@ static int ring_drained(const tls_conn *c)
 
 static int ring_last_errno(const tls_conn *c) { return ringbio_last_errno(c->ringbio); }
 
+static int ring_peek_in(tls_conn *c, struct iovec iov[2])
+{
+    /* A socket read straight into OpenSSL's buffer could not be seen first:
+     * read it into rx (the readv that read would have made, once per batch;
+     * a failure is kept for OpenSSL's read to report). */
+    if (ring_lazy(c))
+        ringbio_read_batch(c->ringbio);
+    /* OpenSSL is given whole records from rx only: rx must hold the largest. */
+    if (c->rx == NULL || ring_cap(c->rx) < SSL3_RT_MAX_PACKET_SIZE)
+        return -1;
+    return ring_read_iov(c->rx, iov);
+}
+
+static void ring_limit_in(tls_conn *c, size_t n) { ringbio_limit_read(c->ringbio, n); }
+
 static void ring_kernel(const tls_conn *c, struct tls_ledger *out)
 {
     struct ringbio_counters k;
@@ -728,6 +745,8 @@ static const struct tls_transport_ops ring_transport = {
     .pending_out = ring_pending_out,
     .new_batch = ring_new_batch,
     .drained = ring_drained,
+    .peek_in = ring_peek_in,
+    .limit_in = ring_limit_in,
     .last_errno = ring_last_errno,
     .kernel = ring_kernel,
     .reset_kernel = ring_reset_kernel,
@@ -934,6 +953,14 @@ static size_t pair_pending_in(const tls_conn *c)
 
 static int own_errno(const tls_conn *c) { return c->sys_errno; }
 
+static int mem_peek_in(tls_conn *c, struct iovec iov[2])
+{
+    char *p;
+    long n = BIO_get_mem_data(c->net_in, &p);
+    iov[0] = (struct iovec){.iov_base = p, .iov_len = n > 0 ? (size_t)n : 0};
+    return 1;
+}
+
 static const struct tls_transport_ops mem_transport = {
     .name = "mem",
     .attach = mem_attach,
@@ -948,6 +975,7 @@ static const struct tls_transport_ops mem_transport = {
     .pending_out = bio_pending_out,
     .new_batch = nothing,
     .drained = never,
+    .peek_in = mem_peek_in,
     .last_errno = own_errno,
     .kernel = own_kernel_counters,
     .reset_kernel = reset_own_kernel_counters,
@@ -1405,6 +1433,21 @@ static const struct tls_record_ops handover_records = {
 
 /* ------------------------------------ records: OpenSSL's, in ASYNC jobs */
 
+/* SSL_MODE_ASYNC on or off for the next call: only while nothing is paused
+ * (a paused job is resumed by the next call that runs in job mode). */
+static void use_jobs(tls_conn *c, int on)
+{
+    if (c->jobs_on == on)
+        return;
+    if (on)
+        SSL_set_mode(c->ssl, SSL_MODE_ASYNC);
+    else
+        SSL_clear_mode(c->ssl, SSL_MODE_ASYNC);
+    c->jobs_on = on;
+}
+
+static int ossl_key_update(tls_conn *c, int request);
+
 /* Run one SSL call with the connection's async state current (the ciphers
  * find it there), and keep what paused. */
 static long in_job(tls_conn *c, int op, void *buf, size_t n, long (*call)(tls_conn *, void *, size_t))
@@ -1413,17 +1456,118 @@ static long in_job(tls_conn *c, int op, void *buf, size_t n, long (*call)(tls_co
      * progress and paused again, retried at once by its caller): not yet. */
     if (c->paused == op && !async_conn_ready(c->async))
         return TLS_WANT_ASYNC;
+    use_jobs(c, 1);
     async_enter(c->async);
     long r = call(c, buf, n);
     async_leave();
+    async_conn_call(c->async, 1);
     if (r == TLS_WANT_ASYNC) {
         c->paused = op;
         c->paused_buf = buf;
         c->paused_len = n;
-    } else {
-        c->paused = TLS_OP_NONE;
+        return r;
+    }
+    c->paused = TLS_OP_NONE;
+    if (c->key_update_due) { /* asked for while this call was paused: now */
+        int request = c->key_update_due == 2;
+        c->key_update_due = 0;
+        use_jobs(c, 0);
+        ossl_key_update(c, request); /* (a failure is sticky: the next call sees it) */
     }
     return r;
+}
+
+/* The same call out of any job: nothing it seals or opens reaches the
+ * threshold, so running it in a job would only cost the job. */
+static long out_of_job(tls_conn *c, void *buf, size_t n, long (*call)(tls_conn *, void *, size_t))
+{
+    use_jobs(c, 0);
+    long r = call(c, buf, n); /* (no async_enter: the cipher goes straight to its work) */
+    async_conn_call(c->async, 0);
+    return r;
+}
+
+/* The bytes one cipher call is given for a record of `len` bytes (TLS 1.2:
+ * explicit nonce and tag besides; TLS 1.3: the content type), at most. */
+#define RECORD_SLACK 24
+
+/* Can this write meet a cipher call of at least the threshold?  Its records
+ * carry at most n bytes each (a pipelined batch, up to job_pipes of them). */
+static int write_may_offload(const tls_conn *c, size_t n)
+{
+    size_t most = n + RECORD_SLACK;
+    if (c->job_pipes > 1) /* a batch: n bytes in up to job_pipes records */
+        most = n + (size_t)c->job_pipes * RECORD_SLACK;
+    return most >= async_conn_threshold(c->async);
+}
+
+/* Byte `at` of the spans (at < their total). */
+static unsigned char span_byte(const struct iovec *iov, int n, size_t at)
+{
+    for (int i = 0; i < n; i++) {
+        if (at < iov[i].iov_len)
+            return ((const unsigned char *)iov[i].iov_base)[at];
+        at -= iov[i].iov_len;
+    }
+    return 0;
+}
+
+enum gate {
+    GATE_JOB,   /* the read may meet a record of the threshold: in a job */
+    GATE_COPY,  /* opened plaintext is waiting: the read only copies it */
+    GATE_LIMIT, /* whole small records, *limit bytes of them: out of a job */
+    GATE_OPEN,  /* out of a job, OpenSSL reading on (nothing whole to limit it to) */
+};
+
+/* Can this read meet a cipher call of at least the threshold?  Not when
+ * the record headers at the front of the incoming ciphertext all announce
+ * shorter records and OpenSSL can take no other bytes.
+ *
+ * The ring transport hands OpenSSL whole records seen here only (*limit at
+ * the end of the last one, up to 64; 0 while none is whole), so what
+ * OpenSSL holds afterwards was seen, and small (held_small).  Where it cannot (mem), a read opens one
+ * record, more when the first carry no data (handshake messages, alerts):
+ * the first two decide, and with read-ahead every header up to 64. */
+static enum gate read_gate(tls_conn *c, size_t *limit)
+{
+    if (SSL_has_pending(c->ssl)) {
+        if (SSL_pending(c->ssl) > 0)
+            return GATE_COPY;
+        if (!c->held_small)
+            return GATE_JOB; /* OpenSSL holds ciphertext not seen here */
+    }
+    struct iovec iov[2];
+    int spans = c->io->peek_in != NULL ? c->io->peek_in(c, iov) : -1;
+    if (spans < 0)
+        return GATE_JOB;
+    size_t total = 0;
+    for (int i = 0; i < spans; i++)
+        total += iov[i].iov_len;
+    size_t threshold = async_conn_threshold(c->async);
+    int limited = c->io->limit_in != NULL;
+    int pipes = c->job_pipes, most = limited || c->read_ahead ? 64 : 2, seen = 1;
+    size_t window[SSL_MAX_PIPELINES], sum = 0; /* the last `pipes` records' lengths */
+    size_t at = 0;
+    for (int k = 0; at < total; k++) {
+        if (k == most || total - at < SSL3_RT_HEADER_LENGTH) {
+            seen = 0; /* more than we look at, or a header cut short */
+            break;
+        }
+        size_t len = (size_t)span_byte(iov, spans, at + 3) << 8 | span_byte(iov, spans, at + 4);
+        sum += len - (k >= pipes ? window[k % pipes] : 0);
+        window[k % pipes] = len;
+        if (sum >= threshold)
+            return GATE_JOB;
+        if (total - at - SSL3_RT_HEADER_LENGTH < len)
+            break; /* the last record, not all here yet (its header seen) */
+        at += SSL3_RT_HEADER_LENGTH + len;
+    }
+    if (limited) { /* (none at all: OpenSSL reads nothing, the caller waits) */
+        *limit = at;
+        return GATE_LIMIT;
+    }
+    /* OpenSSL may read on from the transport, beyond what was seen. */
+    return seen ? GATE_OPEN : GATE_JOB;
 }
 
 static long call_read(tls_conn *c, void *buf, size_t n) { return ossl_read(c, buf, n); }
@@ -1448,13 +1592,32 @@ static long async_read(tls_conn *c, void *buf, size_t n)
 {
     if (other_paused(c, TLS_OP_READ))
         return TLS_WANT_READ; /* nothing to read until the paused call is done */
-    return in_job(c, TLS_OP_READ, buf, n, call_read);
+    size_t limit = SIZE_MAX;
+    long r;
+    switch (c->paused ? GATE_JOB : read_gate(c, &limit)) {
+    case GATE_COPY:
+        return out_of_job(c, buf, n, call_read);
+    case GATE_LIMIT:
+        c->io->limit_in(c, limit);
+        r = out_of_job(c, buf, n, call_read);
+        c->io->limit_in(c, SIZE_MAX);
+        c->held_small = 1; /* what OpenSSL took: whole records, seen, small */
+        return r;
+    case GATE_OPEN:
+        c->held_small = 0;
+        return out_of_job(c, buf, n, call_read);
+    default:
+        c->held_small = 0;
+        return in_job(c, TLS_OP_READ, buf, n, call_read);
+    }
 }
 
 static long async_write(tls_conn *c, const void *buf, size_t n)
 {
     if (other_paused(c, TLS_OP_WRITE))
         return TLS_WANT_ASYNC;
+    if (!c->paused && !write_may_offload(c, n))
+        return out_of_job(c, (void *)buf, n, call_write);
     return in_job(c, TLS_OP_WRITE, (void *)buf, n, call_write);
 }
 
@@ -1467,6 +1630,21 @@ static int async_shutdown(tls_conn *c)
 
 static long async_read_ring(tls_conn *c, ring *plain) { return read_ring_by(c, plain, async_read); }
 
+/* SSL_key_update's SSL_do_handshake would resume a paused call in its place
+ * (its result lost): while one is paused the update waits for it (in_job). */
+static int async_key_update(tls_conn *c, int request)
+{
+    if (c->paused) {
+        if (!SSL_is_init_finished(c->ssl) || SSL_version(c->ssl) != TLS1_3_VERSION)
+            return ossl_key_update(c, request); /* (the same error as unpaused) */
+        if (c->key_update_due != 2)
+            c->key_update_due = request ? 2 : 1;
+        return 0;
+    }
+    use_jobs(c, 0); /* (a KeyUpdate record is a few bytes) */
+    return ossl_key_update(c, request);
+}
+
 static const struct tls_record_ops async_records = {
     .name = "openssl-async",
     .read = async_read,
@@ -1475,7 +1653,7 @@ static const struct tls_record_ops async_records = {
     .pending = ossl_pending,
     .shutdown = async_shutdown,
     .handshake_done = nothing,
-    .key_update = ossl_key_update,
+    .key_update = async_key_update,
 };
 
 /* The SSL handshake step, in a job for ASYNC contexts. */
@@ -1548,6 +1726,8 @@ void tls_async_stats(const tls_conn *c, struct tls_async_stats *out)
     out->want_async = a.want_async;
     out->offloaded = a.offloaded;
     out->inline_ops = a.inline_ops;
+    out->job_calls = a.job_calls;
+    out->direct_calls = a.direct_calls;
 }
 
 /* ---------------------------------------------------------- construction */
@@ -1606,6 +1786,10 @@ tls_conn *tls_conn_new(SSL_CTX *ctx, int transport, int fd, size_t ring_capacity
         if ((c->async = async_conn_new(cfg->async_threshold)) == NULL)
             goto fail;
         c->rec = &async_records;
+        c->jobs_on = (SSL_get_mode(c->ssl) & SSL_MODE_ASYNC) != 0;
+        c->job_pipes = (cfg->crypto & TLS_CRYPTO_PIPELINE) ? SSL_MAX_PIPELINES : 1; /* (<= 32) */
+        /* (SSL_new switched read-ahead on for max_pipelines > 1) */
+        c->read_ahead = (flags & TLS_READ_AHEAD) || SSL_get_read_ahead(c->ssl);
     }
     /* A context for direct records: the ring transport hands over after the
      * handshake (read-ahead off until then, so that OpenSSL holds no record

@@ -99,7 +99,15 @@ int tls_ctx_set_record_path(SSL_CTX *ctx, int direct);
  *   TLS_CRYPTO_ASYNC     SSL_MODE_ASYNC with our provider's AES-GCM
  *                        (asyncjob.h): records of at least the threshold
  *                        pause the SSL call (TLS_WANT_ASYNC) while a pool
- *                        worker seals them. */
+ *                        worker seals them.  A call that can meet no such
+ *                        record runs out of a job (SSL_MODE_ASYNC off for
+ *                        it): a write shorter than the threshold, a read
+ *                        whose next records' headers, seen in the incoming
+ *                        ciphertext before OpenSSL takes them, are all
+ *                        shorter (ring and mem transports; fd and pair
+ *                        cannot be seen, so their reads always run in a
+ *                        job).  The mode is never switched while a call is
+ *                        paused. */
 enum tls_crypto_flags {
     TLS_CRYPTO_PIPELINE = 1,
     TLS_CRYPTO_ASYNC = 2,
@@ -120,7 +128,7 @@ struct tls_crypto_counters {
     uint64_t cipher_calls, cipher_records, cipher_max_records;
     uint64_t records_hist[6]; /* records per call: 1, 2, 3-4, 5-8, 9-16, 17-32 */
     uint64_t parallel_calls, async_cipher_calls;
-    uint64_t pauses, resumes, inline_ops, offloaded, want_async;
+    uint64_t pauses, resumes, inline_ops, offloaded, want_async, job_calls, direct_calls;
     uint64_t pool_threads, dispatches, worker_tasks, caller_tasks, worker_ns, wait_ns;
 };
 void tls_crypto_counters(struct tls_crypto_counters *out);
@@ -216,7 +224,7 @@ int tls_async_fd(const tls_conn *c);
 int tls_async_changed_fds(tls_conn *c, int *add, size_t *nadd, int *del, size_t *ndel,
                           size_t max);
 struct tls_async_stats {
-    uint64_t pauses, resumes, want_async, offloaded, inline_ops;
+    uint64_t pauses, resumes, want_async, offloaded, inline_ops, job_calls, direct_calls;
 };
 /* This connection's ASYNC counters (zeros when not ASYNC). */
 void tls_async_stats(const tls_conn *c, struct tls_async_stats *out);

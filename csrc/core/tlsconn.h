@@ -65,6 +65,13 @@ struct tls_transport_ops {
     /* 1 when a read could only find nothing (nothing buffered, the socket
      * known drained in this batch), so a futile SSL_read can be skipped. */
     int (*drained)(const tls_conn *c);
+    /* ASYNC gates: the incoming ciphertext OpenSSL has not taken, as up to
+     * two spans (a ring transport with a socket of its own reads the socket
+     * into rx first); -1 when it cannot be seen (NULL: never). */
+    int (*peek_in)(tls_conn *c, struct iovec iov[2]);
+    /* ... and at most n of it for OpenSSL until called again with SIZE_MAX
+     * (NULL: no such limit). */
+    void (*limit_in)(tls_conn *c, size_t n);
     /* errno of the transport's last failed socket call, 0 if none. */
     int (*last_errno)(const tls_conn *c);
     /* The kernel half of the ledger: rx/tx system calls, bytes, direct
@@ -140,6 +147,11 @@ struct tls_conn {
      * SSL call paused in a job (enum tls_async_op; its arguments, which the
      * resumed call uses whatever the retry passes). */
     struct async_conn *async;
+    int jobs_on;        /* SSL_MODE_ASYNC is set on ssl now */
+    int job_pipes;      /* records one cipher call may take (pipelined: up to 32) */
+    int read_ahead;     /* OpenSSL may take more than one record at once */
+    int held_small;     /* what OpenSSL holds unread came through the gate: small */
+    int key_update_due; /* a KeyUpdate asked for while paused (1, 2: requested) */
     int paused;
     void *paused_buf;
     size_t paused_len;

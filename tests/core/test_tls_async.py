@@ -10,6 +10,7 @@ readable and repeats the same call.  Counters are per connection here
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import select
 import shutil
@@ -36,7 +37,14 @@ from tlsutil import (
 )
 from tlsutil import handshake as hs
 
-from wsstls.tls import TLSConnection, TLSContext, TLSEOFError, TLSError, TLSVersion
+from wsstls.tls import (
+    TLSConnection,
+    TLSContext,
+    TLSEOFError,
+    TLSError,
+    TLSVersion,
+    crypto_counters,
+)
 
 VERSIONS = {"TLSv1.2": {"max_version": TLSVersion.TLSv1_2}, "TLSv1.3": {}}
 versions = pytest.mark.parametrize("version", list(VERSIONS))
@@ -80,10 +88,10 @@ def read_n(conn: TLSConnection, n: int, what: str = "read") -> tuple[bytes, int]
     return bytes(got), waits
 
 
-def session(version: str, threshold: int = 1024, **server_kwargs: object):
+def session(version: str, threshold: int = 1024, transport: str = "mem", **server_kwargs: object):
     ctx = server_context(crypto="async", offload_threshold=threshold, **VERSIONS[version],
                          **server_kwargs)  # fmt: skip
-    server = ctx.connection(transport="mem")
+    server = ctx.connection(transport=transport, ring_capacity=1 << 20)
     client = client_context().connection(transport="mem", server_hostname=HOST)
     for _ in bounded("async handshake", 1_000):
         done_c = client.do_handshake()
@@ -119,14 +127,124 @@ def test_async_engaged_and_counted(version: str) -> None:
 
 
 def test_small_records_stay_inline() -> None:
+    """Calls that can meet no record of the threshold run out of ASYNC jobs (the job
+    is what small messages paid for); a big one still pauses."""
     client, server = session("TLSv1.3", threshold=16384)
+    before = server.async_stats()
     for _ in range(20):
         assert server.write(b"m" * 64) == 64
         client.feed(server.take())
         assert read_n(client, 64)[0] == b"m" * 64
+        assert client.write(b"n" * 64) == 64
+        server.feed(client.take())
+        assert read_n(server, 64)[0] == b"n" * 64
     stats = server.async_stats()
     assert stats["want_async"] == stats["pauses"] == 0
-    assert stats["inline_ops"] >= 20
+    assert stats["job_calls"] == before["job_calls"]  # not one call in a job
+    assert stats["direct_calls"] - before["direct_calls"] >= 40
+    big = os.urandom(40_000)
+    assert write_all(server, big) > 0  # a write of big records still pauses
+    client.feed(server.take())
+    assert read_n(client, len(big))[0] == big
+    assert client.write(big) == len(big)
+    server.feed(client.take())
+    assert read_n(server, len(big))[1] > 0  # and so does a read of them
+    stats = server.async_stats()
+    assert stats["pauses"] == stats["resumes"] == stats["want_async"]
+
+
+def test_small_reads_stay_inline_on_a_socket() -> None:
+    """The ring transport with a socket of its own: the next record's header is read
+    into the ring first, so small reads stay out of jobs and a big one pauses."""
+    ours, theirs = tcp_pair()
+    try:
+        ctx = server_context(crypto="async", offload_threshold=8192)
+        conn = ctx.connection(ours, transport="ring")
+        client = client_context().connection(theirs, transport="ring", server_hostname=HOST)
+        hs([client, conn], [theirs, ours])
+        before = conn.async_stats()
+        for size in (64, 64, 1000, 30_000, 64):
+            data = os.urandom(size)
+            assert client.write(data) == size
+            got, waits = read_sock(conn, ours, size)
+            assert got == data
+            assert (waits > 0) == (size >= 8192), (size, waits)
+        stats = conn.async_stats()
+        assert stats["job_calls"] - before["job_calls"] > 0  # the 30,000 B message's
+        assert stats["direct_calls"] - before["direct_calls"] >= 4
+        assert stats["pauses"] == stats["resumes"] == stats["want_async"]
+        conn.close()
+        client.close()
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def read_sock(conn: TLSConnection, sock: socket.socket, n: int) -> tuple[bytes, int]:
+    """Read n bytes from a socket-driven connection, waiting on socket or async fd."""
+    got = bytearray()
+    waits = 0
+    for _ in bounded("socket read", 10_000):
+        if len(got) >= n:
+            break
+        data = conn.read(65536)
+        if data is None:
+            if conn.want_async:
+                waits += 1
+                wait_async(conn, "socket read")
+            else:
+                select.select([sock], [], [], WAIT_S)
+            continue
+        assert data, "the peer's data ended early"
+        got += data
+    return bytes(got), waits
+
+
+@versions
+def test_key_update_while_paused(version: str) -> None:
+    """SSL_key_update's handshake step would resume a paused call in its place (and
+    lose its result): the update waits for the paused call, then goes out after it;
+    the data on both sides is intact."""
+
+    def paused_write(update: bool) -> tuple[bytes, TLSConnection, TLSConnection]:
+        client, server = session(version)
+        big = bytes(50_000)
+        sent = server.write(big)
+        assert server.want_async
+        if update:  # while the write is paused, its work done (a resume would finish it)
+            wait_async(server, "write")
+            server.key_update(request=True)
+        for _ in bounded("finish the paused write", 1_000):
+            if sent == len(big):
+                break
+            if server.want_async:
+                wait_async(server, "write")
+            sent += server.write(big[sent:])
+        assert not server.want_async
+        wire = server.take()
+        client.feed(wire)
+        assert read_n(client, len(big))[0] == big
+        return wire, client, server
+
+    if version == "TLSv1.2":
+        client, server = session(version)
+        server.write(bytes(50_000))
+        assert server.want_async
+        with pytest.raises(TLSError):
+            server.key_update()  # TLS 1.3 only, paused or not: never deferred
+        return
+    plain, _, _ = paused_write(False)
+    wire, client, server = paused_write(True)
+    assert len(wire) - len(plain) == 5 + 5 + 1 + 16  # one KeyUpdate record, after the data
+    # The client answered the requested update; both directions still work.
+    assert client.write(b"after") == 5
+    server.feed(client.take())
+    assert read_n(server, 5)[0] == b"after"
+    assert server.write(b"back") == 4
+    client.feed(server.take())
+    assert read_n(client, 4)[0] == b"back"
+    stats = server.async_stats()
+    assert stats["pauses"] == stats["resumes"] == stats["want_async"]
 
 
 def test_second_connection_progresses_while_first_is_paused() -> None:
@@ -181,6 +299,27 @@ def test_close_while_paused_frees_everything(op: str) -> None:
         assert server.want_async
         server.close()
         client.close()
+
+
+@pytest.mark.parametrize("op", ["write", "read"])
+def test_collected_while_paused_finishes_the_call(op: str) -> None:
+    """A paused connection dropped without close() (garbage): its call is finished
+    before the SSL object is freed (every pause resumed), its buffer alive until then."""
+    before = crypto_counters()
+    for _ in range(10):
+        client, server = session("TLSv1.3")
+        if op == "write":
+            server.write(os.urandom(50_000))
+        else:
+            client.write(os.urandom(50_000))
+            server.feed(client.take())
+            assert server.readinto(bytearray(65536)) is None  # paused into this buffer
+        assert server.want_async
+        del client, server
+        gc.collect()
+    after = crypto_counters()
+    assert after.pauses - before.pauses >= 10
+    assert after.resumes - before.resumes == after.pauses - before.pauses
 
 
 def test_connection_loss_while_paused() -> None:
@@ -238,6 +377,80 @@ def test_async_data_intact(sizes: list[int], threshold: int, version: str, cut: 
         assert read_n(server, n)[0] == data
     stats = server.async_stats()
     assert stats["pauses"] == stats["resumes"] == stats["want_async"]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sizes=st.lists(st.sampled_from([1, 64, 1000, 4000, 4100, 9000, 20_000]), min_size=1,
+                   max_size=12),
+    cuts=st.lists(st.integers(1, 30_000), min_size=1, max_size=6),
+    version=st.sampled_from(list(VERSIONS)),
+    read_ahead=st.booleans(),
+)  # fmt: skip
+def test_ring_reads_through_the_gate(sizes: list[int], cuts: list[int], version: str,
+                                     read_ahead: bool) -> None:  # fmt: skip
+    """The ring transport's reads see the next records' headers and give OpenSSL whole
+    small records only: many records at once, cut anywhere, small and big mixed (threshold
+    4096), arrive intact, every pause resumed, and no read of only small records in a job."""
+    client, server = session(version, 4096, "ring")
+    if read_ahead is False:
+        ctx = server.context
+        server = ctx.connection(transport="ring", ring_capacity=1 << 20, read_ahead=False)
+        client = client_context().connection(transport="mem", server_hostname=HOST)
+        for _ in bounded("handshake", 1_000):
+            done_c = client.do_handshake()
+            server.feed(client.take())
+            done_s = server.do_handshake()
+            if server.want_async:
+                wait_async(server, "handshake")
+            client.feed(server.take())
+            if done_c and done_s:
+                break
+    data = b"".join(bytes([i]) * n for i, n in enumerate(sizes))
+    for i, n in enumerate(sizes):
+        assert client.write(bytes([i]) * n) == n
+    wire = client.take()
+    jobs_before = server.async_stats()["job_calls"]
+    got = bytearray()
+    at = k = 0
+    buf = bytearray(65536)
+    for _ in bounded("gate reads", 200_000):
+        if len(got) == len(data):
+            break
+        if at < len(wire):
+            step = cuts[k % len(cuts)]
+            k += 1
+            assert server.feed(wire[at : at + step]) == len(wire[at : at + step])
+            at += step
+        for _ in bounded("drain", 1_000):
+            n = server.readinto(buf)
+            if n is None:
+                if not server.want_async:
+                    break
+                wait_async(server, "gate read")
+                continue
+            got += buf[:n]
+    assert bytes(got) == data
+    stats = server.async_stats()
+    assert stats["pauses"] == stats["resumes"] == stats["want_async"]
+    if max(sizes) < 4096 - 64:
+        assert stats["job_calls"] == jobs_before
+
+
+@pytest.mark.parametrize("cut", [3, 50, None])
+def test_end_of_stream_through_the_gate(cut: int | None) -> None:
+    """The gate gives OpenSSL whole records only, until the end of the stream: then a
+    record cut short (or a header) reaches OpenSSL and the read ends, as inline."""
+    client, server = session("TLSv1.3", 4096, "ring")
+    assert client.write(b"x" * 100) == 100
+    wire = client.take()
+    server.feed(wire[:cut])
+    assert server.read() == (b"x" * 100 if cut is None else None)  # a cut one waits
+    server.feed_eof()
+    with pytest.raises(TLSEOFError if cut is None else (TLSEOFError, TLSError)):
+        for _ in bounded("the end of the stream", 10):
+            assert server.read() is None or cut is None
+    assert not server.want_async
 
 
 def async_echo(conn: TLSConnection, sock: socket.socket, total: int) -> Peer:
