@@ -170,6 +170,7 @@ def test_the_real_command_exits_2_with_one_line(argv: list[str]) -> None:
 SCRIPTS = {
     "hotpath_ir": (["bench/hotpath_ir.py", "--conns", "0"], "--conns"),
     "framer_ir": (["bench/framer_ir.py", "--reps", "-1"], "--reps"),
+    "async_ir": (["bench/async_ir.py", "--designs", "inline,fast"], "--designs"),
     "longest": ([".ci/longest.py", "--top", "0"], "--top"),
     "memory": (["bench/memory.py", "--scenarios", "budget,foo"], "--scenarios"),
     "records_bench": (["bench/records_bench.py", "--duration", "nan"], "--duration"),

@@ -63,6 +63,9 @@ BAD = [
     (["--json", "/nonexistent-dir/out.json"], "--json"),
     (["--plot", "/nonexistent-dir/out.png"], "--plot"),
     (["--json", "/"], "--json"),
+    (["--sweep-sizes", "0"], "--sweep-sizes"),
+    (["--sweep-sizes", "64,big"], "--sweep-sizes"),
+    (["--sweep-conns", "0"], "--sweep-conns"),
     (["--no-such-option"], "unrecognized"),
 ]
 
@@ -238,3 +241,30 @@ def test_one_shared_client_cpu_is_flagged_client_bound(
     row = next(ln for ln in out.splitlines() if ln.startswith("  inline TLS (ring, direct"))
     assert " c s " in row or "c s" in row
     assert "no conclusion from msg/s" in out
+
+
+@pytest.mark.slow
+@pytest.mark.no_sanitizer
+@pytest.mark.timeout(240)
+def test_quick_sweep_of_openssl_designs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--sweep-sizes: each size's four designs against real servers, TLS 1.2, with the
+    crypto counters per message from each server's --stats."""
+    out_json = tmp_path / "bench.json"
+    argv = ["--quick", "--modes", "inline", "--scaling", "off", "--sweep-sizes", "64,64k",
+            "--sweep-conns", "2", "--json", str(out_json)]  # fmt: skip
+    rc, out, err = _run(argv, capsys)
+    assert rc == 0, err
+    assert "OpenSSL's designs by size, TLS 1.2, 2 connections" in out
+    sweep = json.loads(out_json.read_text())["sweep"]
+    cells = {(r["server"], r["size"]): r for r in sweep}
+    assert set(cells) == {(d, n) for d in bench.SWEEP_DESIGNS for n in (64, 65536)}
+    for r in sweep:
+        assert r["msg_per_s"] > 0 and r["errors"] == 0 and r["server_messages"] > 0
+        for k in ("mb_per_s", "server_us_per_msg", "spread", "client_bound",
+                  "records_per_call", "pauses_per_msg", "job_calls_per_msg"):  # fmt: skip
+            assert k in r, k
+    small, big = cells[("async", 64)], cells[("async", 65536)]
+    assert small["pauses_per_msg"] == 0 and big["pauses_per_msg"] >= 8  # 4 records each way
+    assert small["job_calls_per_msg"] < 0.1  # small messages stay out of ASYNC jobs
+    assert cells[("pipelined", 65536)]["records_per_call"] > 1
+    assert cells[("inline", 65536)]["records_per_call"] is None

@@ -15,7 +15,10 @@ byte, repeats), and prints:
 5. on a machine whose server pool has 2 CPUs or more (``--scaling`` anywhere): wsstls with
    ``--workers`` 1, 2, 4, ... over wss and ws, beside picows (one process per core) and Go
    gorilla/websocket (GOMAXPROCS) given the same cores;
-6. the comparisons, which draw no conclusion from a client-bound cell.
+6. the comparisons, which draw no conclusion from a client-bound cell;
+7. with ``--sweep-sizes``: OpenSSL's own designs (inline, async, pipelined,
+   pipelined+async, all TLS 1.2) at each size against the load generator, with their
+   crypto counters (records per cipher call, ASYNC pauses and jobs per message).
 
 The core plan (wsstls.measure.cpuplan), printed first, splits the CPUs between the servers
 and the load generator.  Every figure is the median of ``--repeat`` runs, the designs
@@ -27,12 +30,14 @@ saturated.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import os
 import platform
 import resource
 import ssl
+import statistics
 import sys
 import tempfile
 import time
@@ -57,7 +62,7 @@ from ..server.config import LIMITS
 from ..tls import self_signed
 from . import cryptocost, plot, report
 from .cpuplan import MAX_CLIENT_THREADS, CorePlan, plan_for_this_machine
-from .runner import BenchError, Cell, CellKey, Runner
+from .runner import BenchError, Cell, CellKey, Runner, paired_ratios
 from .servers import (
     MODES,
     Certs,
@@ -130,6 +135,8 @@ class Options:
     plot: str | None
     quick: bool
     crypto: str  # the pipelining/ASYNC table: "on", "off" or "sweep" (wsstls.measure.cryptocost)
+    sweep_sizes: list[int]  # the real-server sweep of OpenSSL's designs ([]: not run)
+    sweep_conns: int
     plan: CorePlan
     scaling: list[int]
     scaling_conns: int
@@ -290,6 +297,19 @@ def _parser(max_conns: int) -> Parser:
     )
     p.add_argument("--quick", action="store_true", help="a tiny run (smoke test)")
     p.add_argument(
+        "--sweep-sizes",
+        type=size_list(1, MAX_SIZE),
+        metavar="LIST",
+        help="also measure the servers inline, async, pipelined, pipelined+async (TLS 1.2) at "
+        f"these sizes, e.g. {','.join(map(str, SWEEP_SIZES))} (default: not run)",
+    )
+    p.add_argument(
+        "--sweep-conns",
+        type=integer(1, max_conns),
+        default="10",
+        help="connections of the --sweep-sizes table",
+    )
+    p.add_argument(
         "--crypto",
         choices=["auto", "on", "off", "sweep"],
         default="auto",
@@ -332,6 +352,7 @@ def parse(argv: list[str] | None = None) -> Options:
         threads=a.threads, workers=a.workers, big=a.big, peers=a.peers, no_copies=a.no_copies,
         url=a.url, json=a.json, plot=a.plot, quick=a.quick,
         crypto=("off" if a.quick else "on") if a.crypto == "auto" else a.crypto,
+        sweep_sizes=list(dict.fromkeys(a.sweep_sizes or [])), sweep_conns=a.sweep_conns,
         plan=plan, scaling=scaling, scaling_conns=sconns, scaling_peers=a.scaling_peers,
     )  # fmt: skip
 
@@ -366,6 +387,7 @@ class Outcome:
     scaling: list[Cell] = field(default_factory=list)
     scaling_skipped: list[str] = field(default_factory=list)
     crypto: dict[str, Any] = field(default_factory=dict)  # cryptocost.run()
+    sweep: list[Cell] = field(default_factory=list)  # --sweep-sizes
 
 
 class Table(Protocol):
@@ -687,6 +709,80 @@ def _machine() -> dict[str, Any]:
     }
 
 
+#: The sweep's designs (issue 10) and their sizes when ``--sweep-sizes`` names none.
+SWEEP_DESIGNS = ("inline", "async", "pipelined", "pipelined+async")
+SWEEP_SIZES = (64, 1024, 16384, 65536, 262144, 1 << 20)
+
+
+def _sweep(runner: Runner, o: Options, out: Outcome, tmp: Path) -> list[str]:
+    """OpenSSL's designs at each ``--sweep-sizes`` size, TLS 1.2, ``--sweep-conns``: a
+    group of fresh servers per size (their ``--stats`` at exit give that size's crypto
+    counters per message), the designs alternating run by run."""
+    failures: list[str] = []
+    opts = DesignOptions(o.threads, o.workers)
+    for size in o.sweep_sizes:
+        specs, stats = [], {}
+        for name in SWEEP_DESIGNS:
+            d = design(name, opts)
+            stats[d.name] = tmp / f"sweep-{d.name}-{size}.json"
+            args = (*d.args, "--tls-max", "1.2", "--stats", str(stats[d.name]))
+            specs.append(dataclasses.replace(d, args=args))
+        _progress(f"sweep: {report.human_size(size)} x {o.sweep_conns}")
+        cells = _alternating([d.name for d in specs], [o.sweep_conns], [size])
+        res, fails = runner.run_group(specs, cells)
+        failures += fails
+        for (name, _, _), cell in res.items():
+            cell.extra.update(_sweep_counters(stats[name]))
+            out.sweep.append(cell)
+    return failures
+
+
+def _sweep_counters(path: Path) -> dict[str, Any]:
+    """Per message, from a server's ``--stats``: records per call of the pipelined cipher
+    (None: not used), ASYNC pauses, SSL calls in jobs and out of them."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    k = doc.get("crypto") or {}
+    msgs = (doc.get("messages_fast") or 0) + (doc.get("messages_slow") or 0)
+    calls = k.get("cipher_calls") or 0
+    return {
+        "server_messages": msgs,
+        "records_per_call": k.get("cipher_records", 0) / calls if calls else None,
+        **{f"{name}_per_msg": k.get(name, 0) / msgs if msgs else None
+           for name in ("pauses", "job_calls", "direct_calls")},
+    }  # fmt: skip
+
+
+def sweep_table(cells: list[Cell]) -> str:
+    """The --sweep-sizes table: each size's designs against its inline row."""
+    conns = cells[0].conns if cells else 0
+    out = [
+        f"\nOpenSSL's designs by size, TLS 1.2, {conns} connections, real servers "
+        "(msg/s median; vs inline run by run; counters per message from the server's --stats)",
+        f"  {'size':>8s} {'design':16s} {'msg/s':>9s} {'MB/s':>8s} {'spread':>6s} {'':3s} "
+        f"{'vs inline':>15s} {'us/msg':>8s} {'rec/call':>8s} {'pauses':>7s} {'jobs':>6s}",
+    ]
+    base: dict[int, Cell] = {c.size: c for c in cells if c.server == "inline"}
+    for c in cells:
+        b = base.get(c.size)
+        rs = paired_ratios(c, b) if b is not None and b is not c else []
+        ratio = "1.00x" if b is c else (f"{statistics.median(rs):.2f}x" if rs else "-")
+        if len(rs) > 1:
+            ratio += f" [{min(rs):.2f}-{max(rs):.2f}]"
+        rpc, pauses, jobs = (c.extra.get(k) for k in ("records_per_call", "pauses_per_msg",
+                                                      "job_calls_per_msg"))  # fmt: skip
+        out.append(
+            f"  {report.human_size(c.size):>8s} {c.server:16s} {c.msg_per_s:9,.0f} "
+            f"{c.mb_per_s:8.1f} {report.spread(c):>6s} {report.marks(c)} {ratio:>15s} "
+            f"{report.us_per_msg(c):>8s} {f'{rpc:.1f}' if rpc else '-':>8s} "
+            f"{f'{pauses:.2f}' if pauses is not None else '-':>7s} "
+            f"{f'{jobs:.2f}' if jobs is not None else '-':>6s}"
+        )
+    return "\n".join(out)
+
+
 def _run(o: Options) -> int:
     designs = _designs(o)
     names = [d.name for d in designs]
@@ -712,6 +808,8 @@ def _run(o: Options) -> int:
             failures += _python_peers(runner, o, out)
         if o.scaling:
             failures += _scaling(runner, o, out)
+        if o.sweep_sizes:
+            failures += _sweep(runner, o, out, Path(tmp))
         if o.crypto != "off":  # in this process, once the servers are stopped
             _progress("pipelining and ASYNC jobs: costs, in-process echoes on 1 and 2 cores")
             sizes = cryptocost.SWEEP if o.crypto == "sweep" else cryptocost.SIZES
@@ -723,6 +821,8 @@ def _run(o: Options) -> int:
         text = table.render(ctx, out)
         if text:
             print(text)
+    if out.sweep:
+        print(sweep_table(out.sweep))
     if out.crypto:
         print(cryptocost.render(out.crypto))
     print(f"\n{report.legend()}")
@@ -734,6 +834,7 @@ def _run(o: Options) -> int:
             "records": _records(ctx, out),
             "ledger": out.ledger,
             "crypto": out.crypto,
+            "sweep": [c.to_json() for c in out.sweep],
         }
         Path(o.json).write_text(json.dumps(doc, indent=2))
         print(f"wrote {o.json}")
