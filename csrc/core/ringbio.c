@@ -164,6 +164,8 @@ static int rb_read(BIO *b, char *buf, size_t len, size_t *readbytes)
         s->limit -= *readbytes;
         if (*readbytes > 0)
             return 1;
+        if (s->read_failed)
+            return 0; /* no retry flag: the socket error (last_errno) */
         BIO_set_retry_read(b);
         return 0;
     }

@@ -1525,9 +1525,10 @@ enum gate {
  *
  * The ring transport hands OpenSSL whole records seen here only (*limit at
  * the end of the last one, up to 64; 0 while none is whole), so what
- * OpenSSL holds afterwards was seen, and small (held_small).  Where it cannot (mem), a read opens one
- * record, more when the first carry no data (handshake messages, alerts):
- * the first two decide, and with read-ahead every header up to 64. */
+ * OpenSSL holds afterwards was seen, and small (held_small).  Where it
+ * cannot (mem), a read opens one record, more when the first carry no data
+ * (handshake messages, alerts): the first two decide, and with read-ahead
+ * every header up to 64. */
 static enum gate read_gate(tls_conn *c, size_t *limit)
 {
     if (SSL_has_pending(c->ssl)) {
@@ -1554,7 +1555,7 @@ static enum gate read_gate(tls_conn *c, size_t *limit)
             break;
         }
         size_t len = (size_t)span_byte(iov, spans, at + 3) << 8 | span_byte(iov, spans, at + 4);
-        sum += len - (k >= pipes ? window[k % pipes] : 0);
+        sum = sum - (k >= pipes ? window[k % pipes] : 0) + len;
         window[k % pipes] = len;
         if (sum >= threshold)
             return GATE_JOB;
