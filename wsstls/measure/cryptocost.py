@@ -57,7 +57,7 @@ class Constants:
     pause_work_us: float  # p on a worker: taking the job, signalling its eventfd
     pipelines: int
     threshold: int  # async: records of at least this many bytes are offloaded
-    job_us: float = 0.0  # ASYNC designs: running a message's SSL calls in jobs (no pause)
+    job_us: float = 0.0  # ASYNC designs' own cost per message where nothing pauses
 
     def crypto_us(self, size: int) -> float:
         """C: both directions' records of one echoed message of ``size`` bytes."""
@@ -334,8 +334,9 @@ def run(
 
     The model's inputs are CPU times (a busy machine's other processes do not inflate them
     as they do the wall clock): inline's CPU per message at each size, the constants, and
-    the cost of running SSL calls in ASYNC jobs, taken from the smallest size (async's
-    CPU per message over inline's, where nothing pauses)."""
+    the ASYNC designs' own cost where nothing pauses, taken from the smallest size (async's
+    CPU per message over inline's: the look at the record headers, its calls out of jobs;
+    the calls that do run in jobs are in the pause constant)."""
     k = measure_constants()
     one, two = _core_sets()
     measured: dict[int, dict[tuple[str, int], Measured]] = {}
