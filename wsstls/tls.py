@@ -554,6 +554,9 @@ class TLSConnection:
         # ASYNC: the buffer a paused call reads into or writes from (OpenSSL
         # resumes it with that memory), kept alive until the call is done.
         self._box: list[Any] = [None]
+        # Writes shorter than this cannot pause (tls.c: a record's bytes, at most 24 more
+        # per record of a 32-record batch, below the threshold run out of any job).
+        self._unpaused_below = context.offload_threshold - 32 * 24
         self._finalizer: weakref.finalize[Any, Any] | None = None
         if self._async:  # collected while a call is paused: that call is finished first
             self._finalizer = weakref.finalize(self, _finish_paused, self._handle, self._box)
@@ -598,8 +601,10 @@ class TLSConnection:
     def _resuming(self, op: int, obj: object) -> None:
         """ASYNC: a paused read (or ring write) must resume with the memory it started with."""
         # (_hold is None: the call paused in C, the server's loop, on memory of its own)
-        held = self._hold
-        if lib.tls_async_paused(self._live()) == op and held is not None and held is not obj:
+        held = self._box[0]
+        if held is None:  # nothing of ours is paused (a C call is not needed to say so)
+            return
+        if lib.tls_async_paused(self._live()) == op and held is not obj:
             what = "read" if op == lib.TLS_OP_READ else "write"
             raise ValueError(f"a paused {what} resumes with the buffer it started with")
 
@@ -668,8 +673,8 @@ class TLSConnection:
         if self._async:
             self._resuming(lib.TLS_OP_READ, buffer)
         got = lib.tls_read(c, dst, len(dst))
-        if self._async:
-            self._held(lib.TLS_OP_READ, buffer)
+        if self._async and (got <= 0 or self._box[0] is not None):  # (a read that gave
+            self._held(lib.TLS_OP_READ, buffer)  # bytes did not pause: one call, done)
         return got if got >= 0 else self._read_status(got)
 
     def read(self, n: int = 16384) -> bytes | None:
@@ -696,15 +701,16 @@ class TLSConnection:
         """
         if type(data) is not bytes:
             data = c_buffer(data, "data", writable=False)
-            if self._async:  # a paused write reads this memory later: a copy of
-                data = ffi.buffer(data)[:]  # ours, so the caller may resize its buffer
+            if self._async and len(data) >= self._unpaused_below:  # a paused write reads
+                data = ffi.buffer(data)[:]  # this memory later: a copy of ours, so the
+                # caller may resize its buffer (shorter writes run out of jobs: no pause)
         try:
             put = _write(self._handle, data, len(data))
         except TypeError:
             self._live()
             raise
-        if self._async:  # a paused write goes on from this memory: keep it
-            self._held(lib.TLS_OP_WRITE, data)
+        if self._async and (put != len(data) or self._box[0] is not None):  # (all written:
+            self._held(lib.TLS_OP_WRITE, data)  # nothing paused) a paused write: keep it
         return put if put >= 0 else self._write_status(put)
 
     def write_from(self, ring: RingBuffer, n: int = -1) -> int:

@@ -289,7 +289,7 @@ def server_side(design: str, size: int, cpus: set[int], seconds: float = 0.25,
             sent = 0
             while sent < size:  # seal the echo (the same bytes back)
                 sent += s.write(view[sent:])
-                if s.want_async:
+                if sent < size and s.want_async:  # (asked only when it stopped short)
                     select.select([s.async_fd], [], [], 5.0)
                 out += s.take()
             wall += time.perf_counter_ns() - t0
