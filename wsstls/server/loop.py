@@ -864,10 +864,10 @@ class Server:
         lib.offload_free(self.pool)  # joins the workers (NULL: nothing)
         self.stats.cpu_s = _cpu_seconds()
         self.listener.close()
-        os.close(self._wake_r)
         with self._wake_lock:  # not while a stop() in another thread writes to it
             wake, self._wake_w = self._wake_w, -1  # stop() from now on: nothing to wake
             os.close(wake)
+            os.close(self._wake_r)  # after: a write to a pipe without a reader is EPIPE
 
 
 def server_context(config: ServerConfig) -> TLSContext:
