@@ -16,7 +16,7 @@ import select
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -290,18 +290,25 @@ def test_read_never_resumes_a_paused_write() -> None:
     assert server.read() == b"hello"
 
 
+def paused(op: str, read: Callable[[TLSConnection], object]) -> tuple[TLSConnection, TLSConnection]:
+    """A TLS 1.3 (client, server) whose server is paused in an ASYNC job, in a write of
+    50,000 bytes or in ``read(server)`` of as many."""
+    client, server = session("TLSv1.3")
+    if op == "write":
+        server.write(os.urandom(50_000))
+    else:
+        client.write(os.urandom(50_000))
+        server.feed(client.take())
+        assert read(server) is None
+    assert server.want_async
+    return client, server
+
+
 @pytest.mark.parametrize("op", ["write", "read"])
 def test_close_while_paused_frees_everything(op: str) -> None:
     """The sanitizer stage runs this: freeing a paused connection finishes its call."""
     for _ in range(20):
-        client, server = session("TLSv1.3")
-        if op == "write":
-            server.write(os.urandom(50_000))
-        else:
-            client.write(os.urandom(50_000))
-            server.feed(client.take())
-            assert server.read(65536) is None
-        assert server.want_async
+        client, server = paused(op, lambda s: s.read(65536))
         server.close()
         client.close()
 
@@ -312,14 +319,7 @@ def test_collected_while_paused_finishes_the_call(op: str) -> None:
     before the SSL object is freed (every pause resumed), its buffer alive until then."""
     before = crypto_counters()
     for _ in range(10):
-        client, server = session("TLSv1.3")
-        if op == "write":
-            server.write(os.urandom(50_000))
-        else:
-            client.write(os.urandom(50_000))
-            server.feed(client.take())
-            assert server.readinto(bytearray(65536)) is None  # paused into this buffer
-        assert server.want_async
+        client, server = paused(op, lambda s: s.readinto(bytearray(65536)))  # into this buffer
         del client, server
         gc.collect()
     after = crypto_counters()
