@@ -44,31 +44,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchutil import ecdsa_cert, rss_kb  # noqa: E402
+
 from wsstls.cliargs import Parser, integer, integer_list, number, output_file  # noqa: E402
 from wsstls.loadgen import run as loadgen  # noqa: E402
 from wsstls.measure.idle import IdleClients  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 FD_MARGIN = 1000  # the server's own fds, the load generator's connections, a margin
-
-
-def ecdsa_cert(where: Path) -> tuple[str, str]:
-    cert, key = where / "cert.pem", where / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return str(cert), str(key)
-
-
-def rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 def n_maps(pid: int) -> int:

@@ -36,6 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchutil import ecdsa_cert, rss_kb  # noqa: E402
+
 from wsstls.cliargs import Parser, choice_list, output_file  # noqa: E402
 from wsstls.measure.idle import IdleClients  # noqa: E402
 
@@ -48,24 +50,8 @@ UPGRADE = (
 )
 
 
-def ecdsa_cert(where: Path) -> tuple[str, str]:
-    """A P-256 self-signed certificate for 127.0.0.1 (cheap handshakes), by the openssl CLI."""
-    cert, key = where / "cert.pem", where / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return str(cert), str(key)
-
-
 def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
+    return rss_kb(pid) / 1024
 
 
 def settle(pid: int, seconds: float = 4.0) -> float:

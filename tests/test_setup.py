@@ -30,7 +30,8 @@ def test_readme_commands_are_what_ci_runs() -> None:
     assert main == "python -m pip install . && python -m wsstls bench"
     assert tests == "python -m pip install -e '.[test]' && python -m pytest"
     ci = (ROOT / ".ci" / "run").read_text()
-    assert ".ci/readme_command main" in ci and ".ci/readme_command tests" in ci
+    assert '.ci/readme_command "$which"' in ci  # CI checks the README says the same
+    assert f'main="{main}"' in ci and f'tests="{tests}"' in ci  # and runs these
     assert "python3 -m venv" in ci  # its own environment
 
 
